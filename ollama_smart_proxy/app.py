@@ -1,0 +1,134 @@
+"""``SmartProxy``: the composed ASGI application."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+import httpx
+from starlette._utils import get_route_path
+
+from . import health
+from ._logging import AccessLogMiddleware, get_context
+from .errors import ProxyError, dialect_for_path, send_error, send_proxy_error
+from .exchange import call_with_exchange, parse_exchange
+from .settings import Settings
+from .types import ASGIApp, Message, Receive, Scope, Send
+from .upstream import OllamaUpstream
+
+logger = logging.getLogger("ollama_smart_proxy")
+
+_COMPLETIONS = {"/api/chat": "chat", "/api/generate": "generate"}
+
+
+class SmartProxy:
+    """The proxy as one ASGI app.
+
+    ``SmartProxy(settings=Settings(...), agents=[...], client=httpx.AsyncClient(...))``.
+    The upstream client is opened lazily and closed by ASGI lifespan, by ``aclose()``, or
+    by ``async with proxy:``; it works mounted under an app whose lifespan does not reach
+    it.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        agents: Sequence[Any] = (),
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.settings = settings or Settings()
+        self.upstream = OllamaUpstream(self.settings, client=client)
+        self.completion_app: ASGIApp = self.upstream
+        self._app = AccessLogMiddleware(self._route)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif scope["type"] == "http":
+            await self._app(scope, receive, send)
+        # websockets: nothing here speaks them; closing the scope refuses them.
+
+    async def startup(self) -> None:
+        """Open the upstream client (it is also opened lazily on first use)."""
+        _ = self.upstream.client
+
+    async def aclose(self) -> None:
+        """Close the upstream client."""
+        await self.upstream.aclose()
+
+    async def __aenter__(self) -> SmartProxy:
+        await self.startup()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = get_route_path(scope)
+        method = scope["method"]
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self._dispatch(path, method, scope, receive, tracking_send)
+        except ProxyError as exc:
+            if started:
+                raise
+            await send_proxy_error(send, dialect_for_path(path), exc)
+        except Exception:
+            logger.exception("unhandled error on %s %s", method, path)
+            if started:
+                raise
+            await send_error(send, dialect_for_path(path), "internal proxy error", 500)
+
+    async def _dispatch(
+        self, path: str, method: str, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        if path in ("/health", "/health/ready"):
+            await health.ready(send, self.upstream)
+        elif path == "/health/live":
+            await health.live(send)
+        elif method == "POST" and path in _COMPLETIONS:
+            kind = _COMPLETIONS[path]
+            exchange = await parse_exchange(
+                scope,
+                receive,
+                kind,  # type: ignore[arg-type]
+                self.settings.max_body_bytes,
+            )
+            context = get_context(scope)
+            if context is not None:
+                context.exchange = exchange
+            await call_with_exchange(self.completion_app, scope, receive, send, exchange, path)
+        elif path.startswith("/api/") or path == "/":
+            await self.upstream(scope, receive, send)
+        else:
+            await send_error(send, dialect_for_path(path), f"no route for {method} {path}", 404)

@@ -1,0 +1,120 @@
+"""Encoders turn native chunks (decoded Ollama NDJSON objects) into the client's wire format.
+
+The terminal layer decodes each upstream line once, runs the exchange's transforms, and
+hands the result to one encoder. ``NativeEncoder`` writes Ollama's NDJSON (or one JSON
+object); the OpenAI layer brings its own encoders for SSE and ``chat.completion``.
+Agents never write wire formats.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+Chunk = dict[str, Any]
+
+
+def dumps(value: Any) -> bytes:
+    """Compact JSON, UTF-8, no ASCII escaping: the proxy's one serialiser."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def merge_chunks(chunks: list[Chunk]) -> Chunk:
+    """Fold a native stream into the single object Ollama sends for ``stream: false``.
+
+    Content, thinking and the generate ``response`` are concatenated; tool calls and
+    logprobs are collected; every other field comes from the last chunk.
+    """
+    if not chunks:
+        return {}
+    if len(chunks) == 1:
+        return chunks[0]
+    merged: Chunk = dict(chunks[-1])
+    texts: dict[str, list[str]] = {"content": [], "thinking": []}
+    tool_calls: list[Any] = []
+    logprobs: list[Any] = []
+    response: list[str] = []
+    has_message = False
+    for chunk in chunks:
+        message = chunk.get("message")
+        if isinstance(message, dict):
+            has_message = True
+            for key in texts:
+                if message.get(key):
+                    texts[key].append(message[key])
+            tool_calls.extend(message.get("tool_calls") or ())
+        if chunk.get("response"):
+            response.append(chunk["response"])
+        if chunk.get("thinking") and not isinstance(message, dict):
+            texts["thinking"].append(chunk["thinking"])
+        logprobs.extend(chunk.get("logprobs") or ())
+    if has_message:
+        message = dict(merged.get("message") or {"role": "assistant"})
+        message["content"] = "".join(texts["content"])
+        if texts["thinking"]:
+            message["thinking"] = "".join(texts["thinking"])
+        if tool_calls:
+            message["tool_calls"] = tool_calls
+        merged["message"] = message
+    elif "response" in merged or response:
+        merged["response"] = "".join(response)
+        if texts["thinking"]:
+            merged["thinking"] = "".join(texts["thinking"])
+    if logprobs:
+        merged["logprobs"] = logprobs
+    return merged
+
+
+class Encoder:
+    """Base encoder. One instance serves one response.
+
+    ``begin`` is called once with the upstream's status and content type and returns the
+    content type to send; ``streaming`` then says whether bytes go out per chunk or once
+    at ``end``.
+    """
+
+    streaming: bool = True
+
+    def begin(self, content_type: str) -> bytes:
+        raise NotImplementedError
+
+    def encode(self, chunk: Chunk) -> bytes:
+        """Bytes for one native chunk (``b""`` while accumulating)."""
+        raise NotImplementedError
+
+    def end(self) -> bytes:
+        """Bytes after the last chunk: a trailer, or the whole body when not streaming."""
+        return b""
+
+    def error(self, message: str) -> bytes:
+        """Bytes that end a stream that failed after it began."""
+        raise NotImplementedError
+
+    def error_response(self, status: int, body: bytes) -> tuple[int, bytes, bytes] | None:
+        """Rewrite an upstream error response; ``None`` passes it through untouched."""
+        return None
+
+
+class NativeEncoder(Encoder):
+    """Ollama's own format: NDJSON lines when streaming, else one JSON object."""
+
+    def __init__(self) -> None:
+        self._chunks: list[Chunk] = []
+
+    def begin(self, content_type: str) -> bytes:
+        self.streaming = content_type.startswith("application/x-ndjson")
+        return content_type.encode() if content_type else b"application/json; charset=utf-8"
+
+    def encode(self, chunk: Chunk) -> bytes:
+        if self.streaming:
+            return dumps(chunk) + b"\n"
+        self._chunks.append(chunk)
+        return b""
+
+    def end(self) -> bytes:
+        if self.streaming:
+            return b""
+        return dumps(merge_chunks(self._chunks))
+
+    def error(self, message: str) -> bytes:
+        return dumps({"error": message}) + b"\n"

@@ -1,0 +1,174 @@
+"""The exchange: one request's parsed body and response plan, shared by every layer.
+
+The first layer that needs a chat or generate body parses it once into an
+:class:`Exchange` and stores it in the ASGI scope under :data:`SCOPE_KEY`. Later layers
+rewrite ``exchange.request`` and register chunk transforms; the terminal layer serialises
+the request once and runs the response through the transforms and the encoder once.
+
+A layer used on its own, in front of an ASGI app that knows nothing of exchanges, gets the
+same behaviour from :func:`call_with_exchange`: the inner app reads the (rewritten) body
+from ``receive`` and its response is decoded, transformed and encoded on the way out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from .encoders import Chunk, Encoder, NativeEncoder
+from .errors import Dialect, RequestTooLarge
+from .schemas import NativeRequest, dump_request, parse_request
+from .types import ASGIApp, Message, Receive, Scope, Send
+
+SCOPE_KEY = "ollama_smart_proxy"
+
+Kind = Literal["chat", "generate", "embed", "embeddings", "models", "model", "other"]
+
+
+class ChunkTransform(Protocol):
+    """What an agent registers to see the response, chunk by chunk."""
+
+    async def on_chunk(self, chunk: Chunk) -> Chunk | None:
+        """Return the chunk (changed or not), or ``None`` to drop it."""
+        ...
+
+    async def on_end(self) -> list[Chunk]:
+        """Called when the final (``done``) chunk arrives; returns chunks to add before it."""
+        ...
+
+
+@dataclass(eq=False)
+class Exchange:
+    """One request's parsed body, dialect, slash command and response plan."""
+
+    kind: Kind
+    request: NativeRequest
+    dialect: Dialect = "ollama"
+    command: Any = None
+    transforms: list[ChunkTransform] = field(default_factory=list)
+    encoder: Encoder | None = None
+    state: dict[str, Any] = field(default_factory=dict)
+    #: Set by the layer that runs the response pipeline, so no outer layer runs it again.
+    response_handled: bool = False
+
+    @property
+    def model(self) -> str | None:
+        return self.request.model
+
+    def get_encoder(self) -> Encoder:
+        if self.encoder is None:
+            self.encoder = NativeEncoder()
+        return self.encoder
+
+    def body(self) -> bytes:
+        """The request serialised once, as it goes upstream."""
+        return dump_request(self.request)
+
+
+def get_exchange(scope: Scope) -> Exchange | None:
+    """The exchange of this request, if a layer created one."""
+    exchange = scope.get(SCOPE_KEY)
+    return exchange if isinstance(exchange, Exchange) else None
+
+
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of request header ``name`` (lower case)."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return value  # type: ignore[no-any-return]
+    return None
+
+
+async def read_body(scope: Scope, receive: Receive, max_bytes: int) -> bytes:
+    """Read the whole request body, refusing more than ``max_bytes`` (413)."""
+    length = header(scope, b"content-length")
+    if length is not None and length.isdigit() and int(length) > max_bytes:
+        raise RequestTooLarge(_too_large(max_bytes))
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > max_bytes:
+            raise RequestTooLarge(_too_large(max_bytes))
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _too_large(max_bytes: int) -> str:
+    return (
+        f"request body is larger than the limit of {max_bytes} bytes "
+        "(raise OSP_MAX_BODY_BYTES to allow it)"
+    )
+
+
+class ClientDisconnected(Exception):
+    """The client went away before its request body was read."""
+
+
+async def parse_exchange(
+    scope: Scope, receive: Receive, kind: Literal["chat", "generate", "embed"], max_bytes: int
+) -> Exchange:
+    """Read and parse a native body into a new exchange (raises ``RequestError``)."""
+    body = await read_body(scope, receive, max_bytes)
+    return Exchange(kind=kind, request=parse_request(kind, body))
+
+
+RequestHandler = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+async def call_with_exchange(
+    app: ASGIApp, scope: Scope, receive: Receive, send: Send, exchange: Exchange, path: str
+) -> None:
+    """Call ``app`` with ``exchange`` in its scope at ``path``.
+
+    Whatever the inner app is, it can read the exchange's body from ``receive``, and its
+    native response is decoded, transformed and encoded here unless a layer below (the
+    terminal layer) already did it.
+    """
+    from ._streaming import ResponseWriter  # circular: _streaming uses Exchange
+
+    scope = dict(scope)
+    scope[SCOPE_KEY] = exchange
+    scope["path"] = scope.get("root_path", "") + path
+    scope["raw_path"] = scope["path"].encode()
+    scope["method"] = "POST"
+    scope["headers"] = [
+        (key, value)
+        for key, value in scope["headers"]
+        if key not in (b"content-length", b"transfer-encoding", b"content-type")
+    ] + [(b"content-type", b"application/json")]
+    body_sent = False
+
+    async def replay_receive() -> Message:
+        nonlocal body_sent
+        if not body_sent:
+            body_sent = True
+            return {"type": "http.request", "body": exchange.body(), "more_body": False}
+        return await receive()
+
+    writer: ResponseWriter | None = None
+
+    async def transforming_send(message: Message) -> None:
+        nonlocal writer
+        kind = message["type"]
+        if kind == "http.response.start":
+            if exchange.response_handled:
+                await send(message)
+                return
+            exchange.response_handled = True
+            writer = ResponseWriter(exchange, send)
+            await writer.start(message["status"], list(message.get("headers", [])))
+        elif writer is None:
+            await send(message)
+        elif kind == "http.response.body":
+            await writer.feed(message.get("body", b""))
+            if not message.get("more_body", False):
+                await writer.end()
+
+    await app(scope, replay_receive, transforming_send)

@@ -1,0 +1,152 @@
+"""Typed native request bodies for ``/api/chat``, ``/api/generate`` and ``/api/embed``.
+
+The models are strict where Ollama is strict (a string stays a string) and keep every
+field they do not know (``extra="allow"``), so nothing a newer Ollama adds is lost on the
+way through. Serialise with :func:`dump_request`, which writes back only what was set.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import RequestError
+
+_CONFIG = ConfigDict(extra="allow", strict=True, populate_by_name=True)
+
+Think = bool | str
+Format = str | dict[str, Any]
+KeepAlive = int | float | str
+
+
+class ToolCallFunction(BaseModel):
+    model_config = _CONFIG
+
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    index: int | None = None
+
+
+class ToolCall(BaseModel):
+    model_config = _CONFIG
+
+    function: ToolCallFunction
+    id: str | None = None
+
+
+class Message(BaseModel):
+    """One chat message, as Ollama's ``api.Message``."""
+
+    model_config = _CONFIG
+
+    role: str
+    content: str = ""
+    thinking: str | None = None
+    images: list[str] | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_name: str | None = None
+    tool_call_id: str | None = None
+
+
+class _ModelRequest(BaseModel):
+    model_config = _CONFIG
+
+    model: str | None = None
+    options: dict[str, Any] | None = None
+    keep_alive: KeepAlive | None = None
+
+
+class _CompletionRequest(_ModelRequest):
+    stream: bool | None = None
+    format: Format | None = None
+    think: Think | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+
+    @property
+    def streaming(self) -> bool:
+        """Whether Ollama will stream: an absent ``stream`` means true."""
+        return self.stream is not False
+
+
+class ChatRequest(_CompletionRequest):
+    """Body of ``POST /api/chat``."""
+
+    messages: list[Message] | None = None
+    tools: list[dict[str, Any]] | None = None
+
+
+class GenerateRequest(_CompletionRequest):
+    """Body of ``POST /api/generate``."""
+
+    prompt: str | None = None
+    suffix: str | None = None
+    system: str | None = None
+    template: str | None = None
+    images: list[str] | None = None
+    raw: bool | None = None
+    context: list[int] | None = None
+
+
+class EmbedRequest(_ModelRequest):
+    """Body of ``POST /api/embed``."""
+
+    input: str | list[str] | None = None
+    truncate: bool | None = None
+    dimensions: int | None = None
+
+
+NativeRequest = ChatRequest | GenerateRequest | EmbedRequest
+
+REQUEST_TYPES: dict[str, type[NativeRequest]] = {
+    "chat": ChatRequest,
+    "generate": GenerateRequest,
+    "embed": EmbedRequest,
+}
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One readable sentence that names the first bad field."""
+    errors = exc.errors(include_url=False)
+    parts = []
+    for error in errors[:3]:
+        if error["type"] == "json_invalid":
+            return f"invalid JSON in request body: {error['ctx'].get('error', error['msg'])}"
+        loc = ".".join(str(item) for item in error["loc"] if not _is_union_tag(item))
+        msg = error["msg"]
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+    return "invalid request body: " + "; ".join(dict.fromkeys(parts)) + more
+
+
+def _is_union_tag(item: object) -> bool:
+    # pydantic puts the union member tried into the location ("str", "dict[str,any]").
+    return isinstance(item, str) and (
+        item in {"str", "int", "float", "bool"} or item.startswith(("dict[", "list["))
+    )
+
+
+def parse_request(kind: str, body: bytes) -> NativeRequest:
+    """Parse and validate a native request body once; raise :class:`RequestError`."""
+    if not body.strip():
+        raise RequestError("missing request body")
+    model = REQUEST_TYPES[kind]
+    if body.lstrip()[:1] != b"{":
+        try:
+            value = json.loads(body)
+        except ValueError as exc:
+            raise RequestError(f"invalid JSON in request body: {exc}") from None
+        if value is None:  # Ollama reads `null` as an empty object
+            return model()
+        raise RequestError(f"request body must be a JSON object, not {type(value).__name__}")
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        raise RequestError(describe_validation_error(exc)) from None
+
+
+def dump_request(request: BaseModel) -> bytes:
+    """Serialise a request once, with only the fields that were set (extras included)."""
+    return request.model_dump_json(exclude_unset=True, by_alias=True).encode()

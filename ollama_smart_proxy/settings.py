@@ -1,0 +1,176 @@
+"""``Settings``: keyword arguments, ``OSP_*`` environment variables, and a TOML file.
+
+Precedence, highest first: keyword arguments (the launcher's flags), ``OSP_*`` variables,
+``OLLAMA_HOST`` (for ``upstream`` only), the TOML file (``config=`` or ``OSP_CONFIG``),
+the defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+DEFAULT_UPSTREAM = "http://127.0.0.1:11434"
+
+
+def parse_ollama_host(host: str | None) -> str:
+    """Normalise an ``OLLAMA_HOST`` value the way the official Ollama clients do.
+
+    ``localhost`` -> ``http://localhost:11434``; ``https://h`` -> ``https://h:443``;
+    a path prefix is kept and a trailing ``/`` dropped.
+    """
+    host = (host or "").strip()
+    if not host:
+        return DEFAULT_UPSTREAM
+    scheme, _, hostport = host.partition("://")
+    if not hostport:
+        scheme, hostport = "http", scheme
+    elif scheme not in ("http", "https"):
+        raise ValueError(f"upstream must be an http:// or https:// URL, got {host!r}")
+    default_port = {"http": 80, "https": 443}[scheme] if "://" in host else 11434
+    split = urlsplit(f"{scheme}://{hostport}")
+    hostname = split.hostname or "127.0.0.1"
+    try:
+        port = split.port or default_port
+    except ValueError as exc:
+        raise ValueError(f"upstream has an invalid port: {host!r}") from exc
+    if ":" in hostname:  # IPv6 literal
+        hostname = f"[{hostname}]"
+    path = split.path.rstrip("/")
+    return f"{scheme}://{hostname}:{port}{path}"
+
+
+class _OllamaHostSource(PydanticBaseSettingsSource):
+    """``OLLAMA_HOST`` as a fallback for ``upstream``, below ``OSP_UPSTREAM``."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # pragma: no cover - __call__ does the work
+
+    def __call__(self) -> dict[str, Any]:
+        value = os.environ.get("OLLAMA_HOST")
+        return {"upstream": value} if value else {}
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    """The TOML file named by ``config=`` or ``OSP_CONFIG``: setting names at the top level."""
+
+    def __init__(self, settings_cls: type[BaseSettings], init: InitSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self._init = init
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # pragma: no cover - __call__ does the work
+
+    def __call__(self) -> dict[str, Any]:
+        path = self._init.init_kwargs.get("config") or os.environ.get("OSP_CONFIG")
+        if not path:
+            return {}
+        try:
+            with open(path, "rb") as file:
+                data = tomllib.load(file)
+        except FileNotFoundError as exc:
+            raise ValueError(f"config file not found: {path}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"config file {path} is not valid TOML: {exc}") from exc
+        unknown = sorted(set(data) - set(self.settings_cls.model_fields))
+        if unknown:
+            raise ValueError(f"config file {path}: unknown setting(s) {', '.join(unknown)}")
+        return data
+
+
+class Settings(BaseSettings):
+    """Every setting of the proxy. See ``docs/configuration.md`` for the reference."""
+
+    model_config = SettingsConfigDict(env_prefix="OSP_", extra="forbid", validate_default=True)
+
+    upstream: str = Field(DEFAULT_UPSTREAM, description="URL of the Ollama server.")
+    host: str = Field("127.0.0.1", description="Address the launcher listens on.")
+    port: int = Field(11435, ge=0, le=65535, description="Port the launcher listens on.")
+    config: Path | None = Field(None, description="TOML file to read settings from.")
+
+    aliases: dict[str, str] = Field(default_factory=dict, description="Model aliases.")
+    default_model: str | None = Field(None, description="Model for requests that name none.")
+    auto_pull: Annotated[Literal["off", "on"] | list[str], NoDecode] = Field(
+        "off", description="Pull missing models: off, on, or a list of name patterns."
+    )
+    preload: list[str] = Field(default_factory=list, description="Models to load at startup.")
+    api_keys: list[str] | None = Field(None, description="Keys accepted for the API.")
+    admin_keys: list[str] | None = Field(None, description="Keys accepted for admin routes.")
+    plugins_dirs: list[Path] = Field(default_factory=list, description="Plugin folders.")
+    command_prefix: str = Field("/", min_length=1, description="Slash-command prefix.")
+    max_body_bytes: int = Field(64 * 1024 * 1024, gt=0, description="Largest request body.")
+    cors_origins: list[str] = Field(default_factory=list, description="CORS origins.")
+    log_format: Literal["text", "json"] = Field("text", description="Access log format.")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="Log level."
+    )
+
+    upstream_connect_timeout: float = Field(
+        5.0, gt=0, description="Seconds to wait for a connection to Ollama."
+    )
+    upstream_timeout: float = Field(
+        300.0,
+        gt=0,
+        description="Seconds to wait for Ollama's next bytes (first token, next chunk).",
+    )
+    upstream_max_connections: int = Field(
+        1024, gt=0, description="Size of the connection pool to Ollama."
+    )
+    max_line_bytes: int = Field(
+        16 * 1024 * 1024, gt=0, description="Longest NDJSON line accepted from Ollama."
+    )
+    health_timeout: float = Field(
+        2.0, gt=0, description="Seconds /health waits for Ollama's /api/version."
+    )
+
+    @field_validator("upstream", mode="before")
+    @classmethod
+    def _normalise_upstream(cls, value: object) -> object:
+        return parse_ollama_host(value) if isinstance(value, str) else value
+
+    @field_validator("auto_pull", mode="before")
+    @classmethod
+    def _decode_auto_pull(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return text.lower()
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_log_level(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        if not isinstance(init_settings, InitSettingsSource):  # pragma: no cover
+            raise TypeError("pydantic-settings changed its init source")
+        return (
+            init_settings,
+            env_settings,
+            _OllamaHostSource(settings_cls),
+            _TomlSource(settings_cls, init_settings),
+        )

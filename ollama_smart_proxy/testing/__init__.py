@@ -1,0 +1,8 @@
+"""Test helpers: a faithful fake Ollama, and a way to serve any ASGI app on a real socket."""
+
+from __future__ import annotations
+
+from ._fake import FakeModel, FakeOllama, FakeReply, RecordedRequest
+from ._server import serve_in_thread
+
+__all__ = ["FakeModel", "FakeOllama", "FakeReply", "RecordedRequest", "serve_in_thread"]

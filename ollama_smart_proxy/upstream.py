@@ -1,0 +1,220 @@
+"""``OllamaUpstream``: the terminal ASGI layer that streams requests to one Ollama server."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+
+import httpx
+from starlette._utils import get_route_path
+
+from ._streaming import HOP_BY_HOP, ResponseWriter, response_headers, run_until_disconnect
+from .errors import (
+    ProxyError,
+    UpstreamError,
+    UpstreamTimeout,
+    dialect_for_path,
+    send_proxy_error,
+)
+from .exchange import get_exchange, read_body
+from .settings import Settings
+from .types import Receive, Scope, Send
+
+logger = logging.getLogger("ollama_smart_proxy.upstream")
+
+#: Request headers never forwarded: hop-by-hop ones, ``host`` (a loopback Ollama answers
+#: 403 to a public Host; httpx writes the upstream's own), and the ones httpx recomputes.
+DROP_REQUEST_HEADERS = HOP_BY_HOP | {b"host", b"content-length", b"accept-encoding", b"expect"}
+
+#: Paths whose bodies are streamed upstream rather than read whole (model blobs are GiBs).
+STREAMED_UPLOADS = ("/api/blobs/",)
+
+
+def create_client(
+    settings: Settings, transport: httpx.AsyncBaseTransport | None = None
+) -> httpx.AsyncClient:
+    """The upstream client: a pool sized from settings (never httpx's default 100)."""
+    limits = httpx.Limits(
+        max_connections=settings.upstream_max_connections,
+        max_keepalive_connections=settings.upstream_max_connections,
+        keepalive_expiry=30.0,
+    )
+    timeout = httpx.Timeout(
+        connect=settings.upstream_connect_timeout,
+        read=settings.upstream_timeout,
+        write=settings.upstream_timeout,
+        pool=settings.upstream_timeout,
+    )
+    return httpx.AsyncClient(
+        base_url=settings.upstream,
+        limits=limits,
+        timeout=timeout,
+        transport=transport,
+        follow_redirects=False,
+        trust_env=False,
+    )
+
+
+class OllamaUpstream:
+    """Forward a request to Ollama and stream the answer back, chunk by chunk.
+
+    With an exchange in the scope, the exchange's request is serialised once and the
+    response runs through its transforms and encoder; otherwise bytes pass both ways
+    untouched (the fast path). The client is injectable; by default one is created lazily
+    from ``settings`` and closed by :meth:`aclose`.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.settings = settings or Settings()
+        self._client = client
+        self._owns_client = client is None
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None or (self._client.is_closed and self._owns_client):
+            self._client = create_client(self.settings)
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None and self._owns_client:
+            await self._client.aclose()
+            self._client = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # pragma: no cover - the proxy routes only http here
+            raise RuntimeError("OllamaUpstream serves only HTTP")
+        path = get_route_path(scope)
+        exchange = get_exchange(scope)
+        dialect = exchange.dialect if exchange is not None else dialect_for_path(path)
+        try:
+            if exchange is not None:
+                content: bytes | AsyncIterator[bytes] = exchange.body()
+                exchange.response_handled = True
+            elif path.startswith(STREAMED_UPLOADS):
+                content = _stream_body(receive)
+            else:
+                content = await read_body(scope, receive, self.settings.max_body_bytes)
+        except ProxyError as exc:
+            await send_proxy_error(send, dialect, exc)
+            return
+
+        headers = [
+            (key, value) for key, value in scope["headers"] if key not in DROP_REQUEST_HEADERS
+        ]
+        headers.append((b"accept-encoding", b"identity"))
+        request = self.client.build_request(
+            scope["method"],
+            httpx.URL(path=path, query=scope.get("query_string", b"")),
+            headers=headers,
+            content=content,
+        )
+        writer = ResponseWriter(exchange, send, self.settings.max_line_bytes) if exchange else None
+        state = _State()
+
+        async def forward() -> None:
+            try:
+                response = await self.client.send(request, stream=True)
+            except httpx.TimeoutException as exc:
+                raise UpstreamTimeout(
+                    f"Ollama at {self.settings.upstream} did not answer within "
+                    f"{self.settings.upstream_timeout:g}s ({type(exc).__name__})"
+                ) from exc
+            except httpx.HTTPError as exc:
+                raise UpstreamError(
+                    f"cannot reach Ollama at {self.settings.upstream}: {exc or type(exc).__name__}"
+                ) from exc
+            try:
+                if writer is None:
+                    await _pass_through(response, send, state)
+                else:
+                    await writer.start(response.status_code, response.headers.raw)
+                    async for data in response.aiter_raw():
+                        await writer.feed(data)
+                    await writer.end()
+            finally:
+                await response.aclose()
+
+        try:
+            if isinstance(content, bytes):
+                left = await run_until_disconnect(receive, forward)
+            else:
+                left = False
+                await forward()
+        except ProxyError as exc:
+            await self._fail(exc, send, dialect, writer, state)
+        except httpx.HTTPError as exc:
+            message = f"Ollama closed the stream early: {exc or type(exc).__name__}"
+            if isinstance(exc, httpx.TimeoutException):
+                message = (
+                    f"Ollama sent nothing for {self.settings.upstream_timeout:g}s; "
+                    "the stream was closed"
+                )
+            await self._fail(UpstreamError(message), send, dialect, writer, state)
+        else:
+            if left:
+                logger.debug("client left %s %s; upstream request closed", scope["method"], path)
+
+    async def _fail(
+        self,
+        exc: ProxyError,
+        send: Send,
+        dialect: str,
+        writer: ResponseWriter | None,
+        state: _State,
+    ) -> None:
+        if writer is not None:
+            await writer.fail(exc.message, exc.status_code)
+        elif state.started:
+            # Native pass-through: end the stream as Ollama does, with an error line.
+            if not state.finished:
+                body = b"" if state.framed else b'{"error":' + _json_str(exc.message) + b"}\n"
+                await send({"type": "http.response.body", "body": body, "more_body": False})
+        else:
+            await send_proxy_error(send, "openai" if dialect == "openai" else "ollama", exc)
+
+
+class _State:
+    __slots__ = ("finished", "framed", "started")
+
+    def __init__(self) -> None:
+        self.started = False
+        self.finished = False
+        #: The body has a Content-Length: an error line cannot be appended to it.
+        self.framed = False
+
+
+async def _pass_through(response: httpx.Response, send: Send, state: _State) -> None:
+    """The fast path: status, headers and body bytes go to the client untouched."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": response.status_code,
+            "headers": response_headers(response.headers.raw),
+        }
+    )
+    state.started = True
+    state.framed = "content-length" in response.headers
+    async for data in response.aiter_raw():
+        await send({"type": "http.response.body", "body": data, "more_body": True})
+    state.finished = True
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _stream_body(receive: Receive) -> AsyncIterator[bytes]:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise UpstreamError("client disconnected during upload")
+        yield message.get("body", b"")
+        if not message.get("more_body", False):
+            return
+
+
+def _json_str(text: str) -> bytes:
+    return json.dumps(text, ensure_ascii=False).encode()

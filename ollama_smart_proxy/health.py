@@ -37,7 +37,7 @@ async def live(send: Send) -> None:
 async def ready(send: Send, upstream: OllamaUpstream) -> None:
     """200 with both versions when Ollama answers ``/api/version`` in time, else 503."""
     settings = upstream.settings
-    data: dict[str, Any] = {"version": __version__, "upstream": settings.upstream}
+    data: dict[str, Any] = {"version": __version__, "upstream": str(upstream.client.base_url)}
     started = time.perf_counter()
     try:
         response = await upstream.client.get("/api/version", timeout=settings.health_timeout)

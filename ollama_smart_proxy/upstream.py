@@ -56,6 +56,15 @@ def create_client(
     )
 
 
+def forward_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Request headers to send upstream: no hop-by-hop ones, nor any named in ``Connection``."""
+    drop = DROP_REQUEST_HEADERS
+    for key, value in headers:
+        if key == b"connection":
+            drop = drop | {token.strip().lower() for token in value.split(b",")}
+    return [(key, value) for key, value in headers if key not in drop]
+
+
 class OllamaUpstream:
     """Forward a request to Ollama and stream the answer back, chunk by chunk.
 
@@ -104,9 +113,7 @@ class OllamaUpstream:
             await send_proxy_error(send, dialect, exc)
             return
 
-        headers = [
-            (key, value) for key, value in scope["headers"] if key not in DROP_REQUEST_HEADERS
-        ]
+        headers = forward_headers(scope["headers"])
         headers.append((b"accept-encoding", b"identity"))
         request = self.client.build_request(
             scope["method"],
@@ -114,7 +121,9 @@ class OllamaUpstream:
             headers=headers,
             content=content,
         )
-        writer = ResponseWriter(exchange, send, self.settings.max_line_bytes) if exchange else None
+        # The fast path: nothing transforms the response, so its bytes go out untouched.
+        fast = exchange is None or (not exchange.transforms and exchange.encoder is None)
+        writer = None if fast else ResponseWriter(exchange, send, self.settings.max_line_bytes)  # type: ignore[arg-type]
         state = _State()
 
         async def forward() -> None:

@@ -4,5 +4,13 @@ from __future__ import annotations
 
 from ._fake import FakeModel, FakeOllama, FakeReply, RecordedRequest
 from ._server import serve_in_thread
+from ._transport import StreamingASGITransport
 
-__all__ = ["FakeModel", "FakeOllama", "FakeReply", "RecordedRequest", "serve_in_thread"]
+__all__ = [
+    "FakeModel",
+    "FakeOllama",
+    "FakeReply",
+    "RecordedRequest",
+    "StreamingASGITransport",
+    "serve_in_thread",
+]

@@ -1,0 +1,123 @@
+"""Streaming, disconnects and failures over real sockets (uvicorn on loopback ports)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from ollama_smart_proxy import Settings, SmartProxy
+from ollama_smart_proxy.testing import FakeOllama, FakeReply, serve_in_thread
+
+CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def wait_for(condition: object, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("path", ["/api/chat", "/api/generate"])
+def test_first_chunk_arrives_before_upstream_finishes(
+    proxy_url: str, fake: FakeOllama, path: str
+) -> None:
+    fake.script(FakeReply(content=" ".join(["word"] * 20), delay=0.1))
+    body = CHAT if path == "/api/chat" else {"model": "llama3.2", "prompt": "x"}
+    started = time.monotonic()
+    with httpx.stream("POST", proxy_url + path, json=body, timeout=10) as response:
+        pieces = response.iter_raw()
+        first = next(pieces)
+        first_at = time.monotonic() - started
+        assert fake.completed_streams == 0  # the fake is still streaming
+        rest = first + b"".join(pieces)
+    total = time.monotonic() - started
+    assert json.loads(first.split(b"\n")[0])["done"] is False
+    assert first_at < 1.0 < total
+    assert json.loads(rest.splitlines()[-1])["done"] is True
+
+
+def test_client_leaving_mid_stream_cancels_upstream(proxy_url: str, fake: FakeOllama) -> None:
+    fake.script(FakeReply(content=" ".join(["tok"] * 500), delay=0.02))
+    with httpx.stream("POST", proxy_url + "/api/chat", json=CHAT, timeout=10) as response:
+        next(response.iter_bytes())
+    started = time.monotonic()
+    wait_for(lambda: fake.disconnects, timeout=3)
+    assert time.monotonic() - started < 1.0
+    assert fake.completed_streams == 0
+
+
+def test_client_leaving_before_first_byte_cancels_upstream(
+    proxy_url: str, fake: FakeOllama
+) -> None:
+    fake.script(FakeReply(content="late", first_delay=0.5, delay=0.5))
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(proxy_url + "/api/chat", json=CHAT, timeout=0.2)
+    wait_for(lambda: fake.requests, timeout=3)
+    time.sleep(1.5)
+    assert fake.completed_streams == 0
+
+
+def test_upstream_dying_mid_stream(proxy_url: str, fake: FakeOllama) -> None:
+    fake.script(FakeReply(content="a b c d e f", drop_after=3))
+    response = httpx.post(proxy_url + "/api/chat", json=CHAT, timeout=10)
+    chunks = [json.loads(line) for line in response.content.splitlines()]
+    assert response.status_code == 200
+    assert [c["message"]["content"] for c in chunks[:3]] == ["a", " b", " c"]
+    assert chunks[-1]["error"].startswith("Ollama closed the stream early")
+    assert httpx.post(proxy_url + "/api/chat", json={**CHAT, "stream": False}).status_code == 200
+
+
+def test_garbage_from_upstream_is_passed_as_bytes_on_fast_path(
+    proxy_url: str, fake: FakeOllama
+) -> None:
+    fake.script(FakeReply(raw_lines=[b'{"ok":1}\n', b"not json\n"]))
+    response = httpx.post(proxy_url + "/api/chat", json=CHAT)
+    assert response.content == b'{"ok":1}\nnot json\n'
+
+
+@pytest.fixture
+def hanging_upstream() -> Iterator[str]:
+    """A socket that accepts connections and never answers."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        server.close()
+
+
+def test_upstream_hanging_is_504(hanging_upstream: str) -> None:
+    app = SmartProxy(Settings(upstream=hanging_upstream, upstream_timeout=0.3))
+    with serve_in_thread(app) as url:
+        started = time.monotonic()
+        response = httpx.post(url + "/api/chat", json=CHAT, timeout=10)
+        assert response.status_code == 504
+        assert "did not answer within 0.3s" in response.json()["error"]
+        assert time.monotonic() - started < 3
+        assert httpx.get(url + "/health/live").status_code == 200
+        ready = httpx.get(url + "/health/ready", timeout=10)
+        assert ready.status_code == 503
+
+
+def test_upstream_down_is_502_and_health_503() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with serve_in_thread(SmartProxy(Settings(upstream=f"http://127.0.0.1:{port}"))) as url:
+        response = httpx.post(url + "/api/chat", json=CHAT)
+        assert response.status_code == 502
+        assert response.json()["error"].startswith(
+            f"cannot reach Ollama at http://127.0.0.1:{port}"
+        )
+        health = httpx.get(url + "/health")
+        assert health.status_code == 503
+        assert health.json()["status"] == "unavailable"
+        assert "cannot reach Ollama" in health.json()["reason"]

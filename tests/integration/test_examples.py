@@ -1,0 +1,66 @@
+"""Every example runs, against a FakeOllama on a real socket."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+
+from tests.unit.test_cli import free_port
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}], "stream": False}
+
+
+def load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("name", ["mount_in_starlette", "mount_in_fastapi"])
+async def test_mount_examples(name: str, fake_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OSP_UPSTREAM", fake_url)
+    module = load(name)
+    async with LifespanManager(module.app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            assert (await client.get("/")).status_code == 200
+            reply = await client.post("/llm/api/chat", json=CHAT)
+            assert reply.json()["message"]["content"] == "hi"
+            assert (await client.get("/llm/health")).json()["status"] == "ok"
+
+
+def test_standalone_example(fake_url: str) -> None:
+    port = free_port()
+    env = {**os.environ, "OSP_UPSTREAM": fake_url, "OSP_PORT": str(port)}
+    process = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "standalone.py")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                reply = httpx.post(f"http://127.0.0.1:{port}/api/chat", json=CHAT)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        assert reply.json()["message"]["content"] == "hi"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

@@ -1,0 +1,96 @@
+"""SmartProxy as an ASGI app: lifespan, health, logs, request ids, mounting."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from starlette.applications import Starlette
+from starlette.routing import Mount
+
+from ollama_smart_proxy import Settings, SmartProxy, __version__
+from ollama_smart_proxy._logging import JSONFormatter
+from ollama_smart_proxy.testing import FakeOllama
+from tests.conftest import upstream_client
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_health_endpoints(client: httpx.AsyncClient) -> None:
+    live = await client.get("/health/live")
+    assert live.status_code == 200
+    assert live.json() == {"status": "ok", "version": __version__}
+    for path in ("/health", "/health/ready"):
+        ready = await client.get(path)
+        assert ready.status_code == 200
+        body = ready.json()
+        assert body["status"] == "ok"
+        assert body["version"] == __version__
+        assert body["upstream_version"] == "0.32.15"
+
+
+async def test_health_503_when_upstream_errors() -> None:
+    async def broken(scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
+        await send({"type": "http.response.start", "status": 500, "headers": []})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": b"boom"})  # type: ignore[operator]
+
+    async with SmartProxy(client=upstream_client(broken)) as proxy:
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=proxy), base_url="http://p")
+        response = await client.get("/health")
+    assert response.status_code == 503
+    assert response.json()["reason"] == "Ollama answered /api/version with HTTP 500"
+
+
+async def test_lifespan_opens_and_closes_the_client(fake: FakeOllama) -> None:
+    proxy = SmartProxy(Settings(upstream="http://127.0.0.1:9"))
+    async with LifespanManager(proxy):
+        client = proxy.upstream.client
+        assert not client.is_closed
+    assert client.is_closed
+
+
+async def test_works_mounted_without_lifespan(fake: FakeOllama) -> None:
+    proxy = SmartProxy(client=upstream_client(fake))
+    outer = Starlette(routes=[Mount("/llm", app=proxy)])
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=outer), base_url="http://p"
+    ) as client:
+        response = await client.post(
+            "/llm/api/chat",
+            json={"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}], "stream": False},
+        )
+        tags = await client.get("/llm/api/tags")
+    assert response.json()["message"]["content"] == "hi"
+    assert tags.status_code == 200
+    assert fake.requests[0].path == "/api/chat"
+    assert fake.requests[1].path == "/api/tags"
+    await proxy.aclose()
+
+
+async def test_request_id_and_access_log(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ollama_smart_proxy.access")
+    response = await client.post(
+        "/api/chat",
+        json={"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]},
+        headers={"x-request-id": "abc-123"},
+    )
+    assert response.headers["x-request-id"] == "abc-123"
+    generated = (await client.get("/api/tags", headers={"x-request-id": "bad id!"})).headers
+    assert len(generated["x-request-id"]) == 32
+    records = [r for r in caplog.records if r.name == "ollama_smart_proxy.access"]
+    assert len(records) == 2
+    first = records[0]
+    assert first.request_id == "abc-123"  # type: ignore[attr-defined]
+    assert first.model == "llama3.2"  # type: ignore[attr-defined]
+    assert first.status == 200  # type: ignore[attr-defined]
+    assert first.bytes == len(response.content)  # type: ignore[attr-defined]
+    assert "POST /api/chat llama3.2 200" in first.getMessage()
+    line = json.loads(JSONFormatter().format(first))
+    assert line["request_id"] == "abc-123"
+    assert line["path"] == "/api/chat"
+    assert line["duration_ms"] >= 0

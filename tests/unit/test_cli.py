@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from ollama_smart_proxy.cli import build_parser, settings_from_args
+
+
+def test_flags_win_over_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OSP_PORT", "1234")
+    monkeypatch.setenv("OSP_UPSTREAM", "http://env:1")
+    args = build_parser().parse_args(["--port", "4321", "--plugins-dir", "a", "--plugins-dir", "b"])
+    settings = settings_from_args(args)
+    assert settings.port == 4321
+    assert settings.upstream == "http://env:1"
+    assert [str(p) for p in settings.plugins_dirs] == ["a", "b"]
+
+
+def test_invalid_settings_exit_2() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "ollama_smart_proxy", "--upstream", "ftp://nope"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "invalid settings" in result.stderr
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_demo_serves_without_ollama() -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OSP_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ollama_smart_proxy", "--demo", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(url + "/health/live").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the demo did not start"
+            time.sleep(0.1)
+        assert httpx.get(url + "/health").json()["status"] == "ok"
+        reply = httpx.post(
+            url + "/api/chat",
+            json={"model": "llama3.2", "messages": [{"role": "user", "content": "hi demo"}], "stream": False},
+        )
+        assert reply.json()["message"]["content"] == "hi demo"
+    finally:
+        process.terminate()
+        output, _ = process.communicate(timeout=10)
+    assert f"listening on http://127.0.0.1:{port}" in output
+    assert "upstream: in-process FakeOllama (--demo)" in output
+    assert "agents:" in output

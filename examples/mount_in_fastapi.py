@@ -1,7 +1,7 @@
 """Mount the proxy under /llm inside a FastAPI app.
 
-    uvicorn examples.mount_in_fastapi:app --port 8000
-    curl http://127.0.0.1:8000/llm/api/chat -d '{"model":"llama3.2","messages":[{"role":"user","content":"hi"}]}'
+uvicorn examples.mount_in_fastapi:app --port 8000
+curl http://127.0.0.1:8000/llm/api/chat -d '{"model":"llama3.2","messages":[{"role":"user","content":"hi"}]}'
 """
 
 from __future__ import annotations

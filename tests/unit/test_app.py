@@ -60,7 +60,11 @@ async def test_works_mounted_without_lifespan(fake: FakeOllama) -> None:
     ) as client:
         response = await client.post(
             "/llm/api/chat",
-            json={"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}], "stream": False},
+            json={
+                "model": "llama3.2",
+                "messages": [{"role": "user", "content": "hi"}],
+                "stream": False,
+            },
         )
         tags = await client.get("/llm/api/tags")
     assert response.json()["message"]["content"] == "hi"

@@ -64,7 +64,11 @@ def test_demo_serves_without_ollama() -> None:
         assert httpx.get(url + "/health").json()["status"] == "ok"
         reply = httpx.post(
             url + "/api/chat",
-            json={"model": "llama3.2", "messages": [{"role": "user", "content": "hi demo"}], "stream": False},
+            json={
+                "model": "llama3.2",
+                "messages": [{"role": "user", "content": "hi demo"}],
+                "stream": False,
+            },
         )
         assert reply.json()["message"]["content"] == "hi demo"
     finally:

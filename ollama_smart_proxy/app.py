@@ -13,7 +13,9 @@ from starlette._utils import get_route_path
 from . import health
 from ._logging import AccessLogMiddleware, get_context
 from .errors import ProxyError, dialect_for_path, send_error, send_proxy_error
-from .exchange import call_with_exchange, parse_exchange
+from .exchange import call_with_exchange, get_exchange, parse_exchange
+from .openai import OpenAICompat
+from .openai.middleware import openai_route
 from .settings import Settings
 from .types import ASGIApp, Message, Receive, Scope, Send
 from .upstream import OllamaUpstream
@@ -42,6 +44,7 @@ class SmartProxy:
         self.settings = settings or Settings()
         self.upstream = OllamaUpstream(self.settings, client=client)
         self.completion_app: ASGIApp = self.upstream
+        self.openai = OpenAICompat(self._native, settings=self.settings)
         self._app = AccessLogMiddleware(self._route)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -116,19 +119,27 @@ class SmartProxy:
             await health.ready(send, self.upstream)
         elif path == "/health/live":
             await health.live(send)
-        elif method == "POST" and path in _COMPLETIONS:
-            kind = _COMPLETIONS[path]
-            exchange = await parse_exchange(
-                scope,
-                receive,
-                kind,  # type: ignore[arg-type]
-                self.settings.max_body_bytes,
-            )
-            context = get_context(scope)
-            if context is not None:
-                context.exchange = exchange
-            await call_with_exchange(self.completion_app, scope, receive, send, exchange, path)
         elif path.startswith("/api/") or path == "/":
-            await self.upstream(scope, receive, send)
+            await self._native(scope, receive, send)
+        elif path.startswith("/v1/") or openai_route(path) is not None:
+            await self.openai(scope, receive, send)
         else:
             await send_error(send, dialect_for_path(path), f"no route for {method} {path}", 404)
+
+    async def _native(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Native routes: chat and generate through the completion stack (agents, model
+        loader, upstream), everything else straight to the upstream."""
+        path = get_route_path(scope)
+        kind = _COMPLETIONS.get(path) if scope["method"] == "POST" else None
+        if kind is None:
+            await self.upstream(scope, receive, send)
+            return
+        exchange = get_exchange(scope)
+        if exchange is not None:  # made by the OpenAI layer
+            await self.completion_app(scope, receive, send)
+            return
+        exchange = await parse_exchange(scope, receive, kind, self.settings.max_body_bytes)  # type: ignore[arg-type]
+        context = get_context(scope)
+        if context is not None:
+            context.exchange = exchange
+        await call_with_exchange(self.completion_app, scope, receive, send, exchange, path)

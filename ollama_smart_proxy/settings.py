@@ -133,6 +133,10 @@ class Settings(BaseSettings):
     max_line_bytes: int = Field(
         16 * 1024 * 1024, gt=0, description="Longest NDJSON line accepted from Ollama."
     )
+    openai_unsupported: Literal["error", "ignore"] = Field(
+        "error",
+        description="OpenAI fields Ollama cannot honour (n > 1, logprobs, ...): 400, or ignore.",
+    )
     health_timeout: float = Field(
         2.0, gt=0, description="Seconds /health waits for Ollama's /api/version."
     )

@@ -1,0 +1,199 @@
+"""``OpenAICompat``: the OpenAI API, translated to Ollama's native one, as ASGI middleware."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette._utils import get_route_path
+
+from ..encoders import dumps
+from ..errors import ProxyError, RequestError, send_error, send_proxy_error
+from ..exchange import Exchange, call_with_exchange, read_body
+from ..settings import Settings
+from ..types import ASGIApp, Message, Receive, Scope, Send
+from .encoders import (
+    JSON_TYPE,
+    ChatCompletionEncoder,
+    CompletionEncoder,
+    EmbeddingEncoder,
+    model_object,
+    models_list,
+    openai_error,
+)
+from .translate import OpenAIRequestError, chat_request, completion_request, embedding_request
+
+#: OpenAI paths, served under /v1 and bare (none collides with a native route).
+ROUTES = ("/chat/completions", "/completions", "/embeddings", "/models")
+MAX_NATIVE_ANSWER = 16 * 1024 * 1024
+
+
+def openai_route(path: str) -> str | None:
+    """The OpenAI route a path asks for (``/v1/models/x`` -> ``/models/x``), or ``None``."""
+    sub = path[3:] if path.startswith("/v1/") else path
+    if sub in ROUTES or sub.startswith("/models/"):
+        return sub
+    return None
+
+
+class OpenAICompat:
+    """Serve ``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings`` and
+    ``/v1/models[/{model}]`` in front of an ASGI app that speaks Ollama's native API.
+
+    Each request is translated into one native exchange (so agents and the model loader
+    below see a canonical native request), the path is rewritten, and the native answer is
+    encoded back as OpenAI JSON or SSE. Other paths pass through to ``app``.
+    """
+
+    def __init__(self, app: ASGIApp, *, settings: Settings | None = None) -> None:
+        self.app = app
+        self.settings = settings or Settings()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = get_route_path(scope)
+        route = openai_route(path)
+        if route is None:
+            if path.startswith("/v1/") or path == "/v1":
+                await send_error(send, "openai", f"no route for {scope['method']} {path}", 404)
+            else:
+                await self.app(scope, receive, send)
+            return
+        method = scope["method"]
+        try:
+            if route.startswith("/models"):
+                if method not in ("GET", "HEAD"):
+                    raise ProxyError(f"{method} is not allowed on {path}", status_code=405)
+                if route == "/models":
+                    await self._list_models(scope, receive, send)
+                else:
+                    await self._retrieve_model(scope, receive, send, route[len("/models/") :])
+                return
+            if method != "POST":
+                raise ProxyError(f"{method} is not allowed on {path}; use POST", status_code=405)
+            body = await self._read_json(scope, receive)
+            exchange, native_path = self._translate(route, body)
+        except ProxyError as exc:
+            await send_proxy_error(send, "openai", exc)
+            return
+        context = scope.get("ollama_smart_proxy.context")
+        if context is not None:
+            context.exchange = exchange
+        await call_with_exchange(self.app, scope, receive, send, exchange, native_path)
+
+    async def _read_json(self, scope: Scope, receive: Receive) -> dict[str, Any]:
+        raw = await read_body(scope, receive, self.settings.max_body_bytes)
+        if not raw.strip():
+            raise OpenAIRequestError("the request body is empty; send a JSON object")
+        try:
+            body = json.loads(raw)
+        except ValueError as exc:
+            raise OpenAIRequestError(f"the request body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise OpenAIRequestError("the request body must be a JSON object")
+        return body
+
+    def _translate(self, route: str, body: dict[str, Any]) -> tuple[Exchange, str]:
+        policy = self.settings.openai_unsupported
+        if route == "/chat/completions":
+            chat, options = chat_request(body, policy)
+            encoder: Any = ChatCompletionEncoder(
+                options.model, options.stream, options.include_usage
+            )
+            return Exchange("chat", chat, dialect="openai", encoder=encoder), "/api/chat"
+        if route == "/completions":
+            generate, options = completion_request(body, policy)
+            encoder = CompletionEncoder(options.model, options.stream, options.include_usage)
+            return Exchange(
+                "generate", generate, dialect="openai", encoder=encoder
+            ), "/api/generate"
+        embed, model, fmt = embedding_request(body)
+        encoder = EmbeddingEncoder(model, fmt)
+        return Exchange("embed", embed, dialect="openai", encoder=encoder), "/api/embed"
+
+    async def _list_models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        status, body = await self._native(scope, receive, "GET", "/api/tags", b"")
+        if status != 200:
+            await _send_json(send, *openai_error(status, body)[:2])
+            return
+        try:
+            tags = json.loads(body)
+        except ValueError:
+            raise ProxyError("Ollama sent a model list that is not JSON", status_code=502) from None
+        await _send_json(send, 200, dumps(models_list(tags, self.settings.aliases)))
+
+    async def _retrieve_model(self, scope: Scope, receive: Receive, send: Send, model: str) -> None:
+        if model in self.settings.aliases:
+            await _send_json(
+                send, 200, dumps({**model_object(model, None), "owned_by": "ollama-smart-proxy"})
+            )
+            return
+        request = dumps({"model": model})
+        status, body = await self._native(scope, receive, "POST", "/api/show", request)
+        if status != 200:
+            await _send_json(send, *openai_error(status, body)[:2])
+            return
+        try:
+            shown = json.loads(body)
+        except ValueError:
+            raise ProxyError(
+                "Ollama sent model details that are not JSON", status_code=502
+            ) from None
+        await _send_json(send, 200, dumps(model_object(model, shown.get("modified_at"))))
+
+    async def _native(
+        self, scope: Scope, receive: Receive, method: str, path: str, body: bytes
+    ) -> tuple[int, bytes]:
+        """Call the inner app with a native request and collect its (small) answer."""
+        inner = dict(scope)
+        inner.update(
+            method=method,
+            path=scope.get("root_path", "") + path,
+            raw_path=path.encode(),
+            query_string=b"",
+            headers=[
+                (k, v) for k, v in scope["headers"] if k not in (b"content-length", b"content-type")
+            ]
+            + [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        )
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        status = 500
+        chunks: list[bytes] = []
+        size = 0
+
+        async def collect(message: Message) -> None:
+            nonlocal status, size
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body":
+                size += len(message.get("body", b""))
+                if size > MAX_NATIVE_ANSWER:
+                    raise RequestError("Ollama's answer is too large", status_code=502)
+                chunks.append(message.get("body", b""))
+
+        await self.app(inner, replay, collect)
+        return status, b"".join(chunks)
+
+
+async def _send_json(send: Send, status: int, body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", JSON_TYPE), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -64,3 +64,15 @@ def test_standalone_example(fake_url: str) -> None:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_openai_client_example(proxy_url: str) -> None:
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "openai_client.py"), proxy_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "chat: Say hello in five words." in result.stdout
+    assert "stream: Count to five." in result.stdout

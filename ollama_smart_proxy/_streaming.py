@@ -139,8 +139,10 @@ class ResponseWriter:
     async def _flush(self, chunks: list[Chunk]) -> None:
         if not chunks:
             return
-        for transform in self._transforms:
-            chunks = await _apply(transform, chunks)
+        if self._transforms:
+            chunks = _split_final(chunks)
+            for transform in self._transforms:
+                chunks = await _apply(transform, chunks)
         encode = self.encoder.encode
         data = b"".join([encode(chunk) for chunk in chunks])
         if data:
@@ -198,6 +200,35 @@ class ResponseWriter:
         self._status = status
         self._headers = [(b"content-type", b"application/json; charset=utf-8")]
         await self._end_error(body)
+
+
+_ANSWER_KEYS = ("response", "thinking", "tool_calls", "logprobs")
+
+
+def _split_final(chunks: list[Chunk]) -> list[Chunk]:
+    """Give transforms the answer only in non-final chunks: a final chunk that carries text
+    (every non-streaming answer does) becomes a content chunk plus an empty final one."""
+    out: list[Chunk] = []
+    for chunk in chunks:
+        message = chunk.get("message")
+        has_answer = any(chunk.get(key) for key in _ANSWER_KEYS) or (
+            isinstance(message, dict)
+            and any(message.get(key) for key in ("content", "thinking", "tool_calls"))
+        )
+        if not chunk.get("done") or not has_answer:
+            out.append(chunk)
+            continue
+        content = {key: value for key, value in chunk.items() if key in ("model", "created_at")}
+        final = {key: value for key, value in chunk.items() if key not in _ANSWER_KEYS}
+        if isinstance(message, dict):
+            content["message"] = message
+            final["message"] = {"role": message.get("role", "assistant"), "content": ""}
+        else:
+            content.update((key, chunk[key]) for key in _ANSWER_KEYS if key in chunk)
+            final["response"] = ""
+        content["done"] = False
+        out += [content, final]
+    return out
 
 
 async def _apply(transform: Any, chunks: list[Chunk]) -> list[Chunk]:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any
 
 import httpx
 from starlette._utils import get_route_path
 
 from . import health
 from ._logging import AccessLogMiddleware, get_context
+from .agents import Agent, AgentRegistry
 from .errors import ProxyError, dialect_for_path, send_error, send_proxy_error
 from .exchange import call_with_exchange, get_exchange, parse_exchange
 from .openai import OpenAICompat
@@ -38,12 +38,17 @@ class SmartProxy:
         self,
         settings: Settings | None = None,
         *,
-        agents: Sequence[Any] = (),
+        agents: Sequence[type[Agent]] = (),
         client: httpx.AsyncClient | None = None,
+        builtins: bool = True,
+        entry_points: bool = True,
     ) -> None:
         self.settings = settings or Settings()
         self.upstream = OllamaUpstream(self.settings, client=client)
-        self.completion_app: ASGIApp = self.upstream
+        self.registry = AgentRegistry.discover(
+            self.settings, agents, builtins=builtins, use_entry_points=entry_points
+        )
+        self.completion_app: ASGIApp = self.registry.build(self.upstream, self.settings)
         self.openai = OpenAICompat(self._native, settings=self.settings)
         self._app = AccessLogMiddleware(self._route)
 
@@ -53,6 +58,11 @@ class SmartProxy:
         elif scope["type"] == "http":
             await self._app(scope, receive, send)
         # websockets: nothing here speaks them; closing the scope refuses them.
+
+    @property
+    def agent_names(self) -> list[str]:
+        """The agents that run, outermost first."""
+        return [spec.name for spec in self.registry.ordered()]
 
     async def startup(self) -> None:
         """Open the upstream client (it is also opened lazily on first use)."""
@@ -119,6 +129,8 @@ class SmartProxy:
             await health.ready(send, self.upstream)
         elif path == "/health/live":
             await health.live(send)
+        elif path == "/plugins":
+            await health.send_json(send, 200, self.registry.describe())
         elif path.startswith("/api/") or path == "/":
             await self._native(scope, receive, send)
         elif path.startswith("/v1/") or openai_route(path) is not None:

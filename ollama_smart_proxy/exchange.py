@@ -12,12 +12,13 @@ from ``receive`` and its response is decoded, transformed and encoded on the way
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+import anyio
+
 from .encoders import Chunk, Encoder, NativeEncoder
-from .errors import Dialect, RequestTooLarge
+from .errors import Dialect, RequestTooLarge, UpstreamError
 from .schemas import NativeRequest, dump_request, parse_request
 from .types import ASGIApp, Message, Receive, Scope, Send
 
@@ -119,7 +120,57 @@ async def parse_exchange(
     return Exchange(kind=kind, request=parse_request(kind, body))
 
 
-RequestHandler = Callable[[Scope, Receive, Send], Awaitable[None]]
+MAX_NATIVE_ANSWER = 16 * 1024 * 1024
+
+
+async def call_native(
+    app: ASGIApp, scope: Scope, method: str, path: str, body: bytes = b""
+) -> tuple[int, bytes]:
+    """Call ``app`` with a small native request of our own and collect its answer.
+
+    Used for side requests (``/api/tags``, ``/api/show``) made on behalf of a client
+    request; the client's headers are kept, the body and path are ours.
+    """
+    inner = dict(scope)
+    inner.pop(SCOPE_KEY, None)
+    inner.update(
+        method=method,
+        path=scope.get("root_path", "") + path,
+        raw_path=path.encode(),
+        query_string=b"",
+        headers=[
+            (key, value)
+            for key, value in scope["headers"]
+            if key not in (b"content-length", b"content-type", b"transfer-encoding")
+        ]
+        + [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+    )
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await anyio.sleep_forever()  # no client behind a side request: never "disconnects"
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    status = 500
+    chunks: list[bytes] = []
+    size = 0
+
+    async def collect(message: Message) -> None:
+        nonlocal status, size
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        elif message["type"] == "http.response.body":
+            size += len(message.get("body", b""))
+            if size > MAX_NATIVE_ANSWER:
+                raise UpstreamError("Ollama's answer to a side request is too large")
+            chunks.append(message.get("body", b""))
+
+    await app(inner, receive, collect)
+    return status, b"".join(chunks)
 
 
 async def call_with_exchange(

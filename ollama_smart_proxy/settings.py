@@ -112,6 +112,19 @@ class Settings(BaseSettings):
     admin_keys: list[str] | None = Field(None, description="Keys accepted for admin routes.")
     plugins_dirs: list[Path] = Field(default_factory=list, description="Plugin folders.")
     command_prefix: str = Field("/", min_length=1, description="Slash-command prefix.")
+    enabled_agents: list[str] | None = Field(
+        None, description="Agents to run, by name (none given: every agent found)."
+    )
+    disabled_agents: list[str] = Field(
+        default_factory=list, description="Agents found but not run, by name."
+    )
+    agent_order: list[str] = Field(
+        default_factory=list,
+        description="Agents to run first, outermost first; the rest follow by priority.",
+    )
+    agent_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Options per agent name (over its config.json)."
+    )
     max_body_bytes: int = Field(64 * 1024 * 1024, gt=0, description="Largest request body.")
     cors_origins: list[str] = Field(default_factory=list, description="CORS origins.")
     log_format: Literal["text", "json"] = Field("text", description="Access log format.")

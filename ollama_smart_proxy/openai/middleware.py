@@ -8,10 +8,10 @@ from typing import Any
 from starlette._utils import get_route_path
 
 from ..encoders import dumps
-from ..errors import ProxyError, RequestError, send_error, send_proxy_error
-from ..exchange import Exchange, call_with_exchange, read_body
+from ..errors import ProxyError, send_error, send_proxy_error
+from ..exchange import Exchange, call_native, call_with_exchange, read_body
 from ..settings import Settings
-from ..types import ASGIApp, Message, Receive, Scope, Send
+from ..types import ASGIApp, Receive, Scope, Send
 from .encoders import (
     JSON_TYPE,
     ChatCompletionEncoder,
@@ -25,7 +25,6 @@ from .translate import OpenAIRequestError, chat_request, completion_request, emb
 
 #: OpenAI paths, served under /v1 and bare (none collides with a native route).
 ROUTES = ("/chat/completions", "/completions", "/embeddings", "/models")
-MAX_NATIVE_ANSWER = 16 * 1024 * 1024
 
 
 def openai_route(path: str) -> str | None:
@@ -146,46 +145,7 @@ class OpenAICompat:
     async def _native(
         self, scope: Scope, receive: Receive, method: str, path: str, body: bytes
     ) -> tuple[int, bytes]:
-        """Call the inner app with a native request and collect its (small) answer."""
-        inner = dict(scope)
-        inner.update(
-            method=method,
-            path=scope.get("root_path", "") + path,
-            raw_path=path.encode(),
-            query_string=b"",
-            headers=[
-                (k, v) for k, v in scope["headers"] if k not in (b"content-length", b"content-type")
-            ]
-            + [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        )
-        sent = False
-
-        async def replay() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        status = 500
-        chunks: list[bytes] = []
-        size = 0
-
-        async def collect(message: Message) -> None:
-            nonlocal status, size
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            elif message["type"] == "http.response.body":
-                size += len(message.get("body", b""))
-                if size > MAX_NATIVE_ANSWER:
-                    raise RequestError("Ollama's answer is too large", status_code=502)
-                chunks.append(message.get("body", b""))
-
-        await self.app(inner, replay, collect)
-        return status, b"".join(chunks)
+        return await call_native(self.app, scope, method, path, body)
 
 
 async def _send_json(send: Send, status: int, body: bytes) -> None:

@@ -1,0 +1,241 @@
+"""Built-in commands, following the Ollama REPL: /set, /load, /show, /clear, /help."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from ..schemas import ChatRequest, GenerateRequest, Message, NativeRequest
+from ._commands import SlashCall, split_words
+from .base import Agent, Reply
+
+INT_OPTIONS = frozenset(
+    {
+        "num_keep", "seed", "num_predict", "top_k", "repeat_last_n", "num_ctx", "num_batch",
+        "num_gpu", "main_gpu", "num_thread", "draft_num_predict",
+    }
+)  # fmt: skip
+FLOAT_OPTIONS = frozenset(
+    {
+        "top_p", "min_p", "typical_p", "temperature", "repeat_penalty", "presence_penalty",
+        "frequency_penalty",
+    }
+)  # fmt: skip
+BOOL_OPTIONS = frozenset({"use_mmap", "numa", "penalize_newline"})
+LIST_OPTIONS = frozenset({"stop"})
+ALL_OPTIONS = sorted(INT_OPTIONS | FLOAT_OPTIONS | BOOL_OPTIONS | LIST_OPTIONS)
+
+
+def typed_value(name: str, raw: str) -> Any:
+    """``"0.2"`` -> 0.2 for a float option, ``"42"`` -> 42, ``"true"`` -> True; else ValueError."""
+    if name in INT_OPTIONS:
+        try:
+            return int(raw)
+        except ValueError:
+            raise ValueError(f"'{name}' takes a whole number, like 42; got '{raw}'") from None
+    if name in FLOAT_OPTIONS:
+        try:
+            return float(raw)
+        except ValueError:
+            raise ValueError(f"'{name}' takes a number, like 0.7; got '{raw}'") from None
+    if name in BOOL_OPTIONS:
+        if raw.lower() in ("true", "1", "yes", "on"):
+            return True
+        if raw.lower() in ("false", "0", "no", "off"):
+            return False
+        raise ValueError(f"'{name}' takes true or false; got '{raw}'")
+    return [raw]
+
+
+def unset(request: NativeRequest, field: str) -> None:
+    """Remove a field so it is not sent at all (``null`` is not the same to Ollama)."""
+    setattr(request, field, None)
+    request.__pydantic_fields_set__.discard(field)
+
+
+def set_system(request: NativeRequest, text: str) -> None:
+    """Exactly one system message, just before the last user message."""
+    if isinstance(request, GenerateRequest):
+        request.system = text
+        return
+    if not isinstance(request, ChatRequest):
+        return
+    messages = [m for m in request.messages or [] if m.role != "system"]
+    last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=len(messages))
+    messages.insert(last_user, Message(role="system", content=text))
+    request.messages = messages
+
+
+class SetCommand(Agent):
+    name = "set"
+    summary = "Set a session variable: parameter, system, format, think"
+    usage = (
+        "/set parameter NAME VALUE | /set system TEXT | /set format json | /set noformat | "
+        "/set think | /set nothink"
+    )
+    priority = 10
+    session = True
+
+    @classmethod
+    def split(cls, text: str) -> tuple[list[str], str]:
+        words = text.split(None, 1)
+        sub = words[0].lower() if words else ""
+        if sub == "system":
+            return _system_split(text)
+        count = {"parameter": 3, "format": 2}.get(sub, 1)
+        return split_words(count)(text)
+
+    async def on_request(self, request: NativeRequest, call: SlashCall | None) -> Reply | None:
+        if call is None:
+            return None
+        try:
+            message = self.apply(request, call)
+        except ValueError as exc:
+            if call.replay:
+                return None
+            return Reply(f"{exc}\n\nUsage: {self.usage}")
+        if call.prompt or call.replay:
+            return None
+        return Reply(message)
+
+    def apply(self, request: NativeRequest, call: SlashCall) -> str:
+        if not call.args:
+            raise ValueError("What should I set?")
+        sub = call.args[0].lower()
+        if sub == "parameter":
+            if len(call.args) < 3:
+                raise ValueError("/set parameter needs a NAME and a VALUE")
+            name, raw = call.args[1], call.args[2]
+            if name not in ALL_OPTIONS:
+                raise ValueError(
+                    f"Unknown parameter '{name}'. Parameters: {', '.join(ALL_OPTIONS)}"
+                )
+            value = typed_value(name, raw)
+            options = dict(request.options or {})
+            if name in LIST_OPTIONS:
+                value = list(options.get(name) or []) + value
+            options[name] = value
+            request.options = options
+            return f"Set parameter '{name}' to '{raw}'"
+        if sub == "system":
+            text = call.args[1] if len(call.args) > 1 else ""
+            if not text:
+                raise ValueError("/set system needs the text of the system message")
+            set_system(request, text)
+            return "Set system message."
+        if sub == "format":
+            if len(call.args) < 2 or call.args[1].lower() != "json":
+                raise ValueError("Only /set format json is supported")
+            request.format = "json"  # type: ignore[union-attr]
+            return "Set format to 'json' mode."
+        if sub == "noformat":
+            unset(request, "format")
+            return "Disabled format."
+        if sub in ("think", "nothink"):
+            request.think = sub == "think"  # type: ignore[union-attr]
+            return "Set 'think' mode." if sub == "think" else "Set 'nothink' mode."
+        raise ValueError(f"Unknown /set option '{sub}'")
+
+
+def _system_split(text: str) -> tuple[list[str], str]:
+    """``/set system`` takes the rest of the first line; the next lines are the prompt."""
+    line, newline, after = text.partition("\n")
+    rest = line.split(None, 1)
+    return ["system", rest[1].strip() if len(rest) > 1 else ""], after.strip() if newline else ""
+
+
+class LoadCommand(Agent):
+    name = "load"
+    summary = "Switch to another model for this conversation"
+    usage = "/load MODEL"
+    priority = 20
+    session = True
+    arity = 1
+
+    async def on_request(self, request: NativeRequest, call: SlashCall | None) -> Reply | None:
+        if call is None:
+            return None
+        if not call.args:
+            return None if call.replay else Reply(f"Usage: {self.usage}")
+        request.model = call.args[0]
+        if call.prompt or call.replay:
+            return None
+        return Reply(f"Loading model '{call.args[0]}'")
+
+
+class ShowCommand(Agent):
+    name = "show"
+    summary = "Show information about the current model"
+    usage = "/show [info|parameters|template|system|license|modelfile]"
+    priority = 30
+    arity = 1
+
+    async def on_request(self, request: NativeRequest, call: SlashCall | None) -> Reply | None:
+        if call is None or call.replay:
+            return None
+        what = (call.args[0] if call.args else "info").lower()
+        model = request.model or ""
+        status, shown = await self.call_ollama("POST", "/api/show", {"model": model})
+        if status != 200 or not isinstance(shown, dict):
+            error = shown.get("error") if isinstance(shown, dict) else shown
+            return Reply(f"Could not show '{model}': {error or f'HTTP {status}'}")
+        if what == "info":
+            details = shown.get("details") or {}
+            lines = [f"Model: {model}"]
+            for key, label in (
+                ("family", "architecture"),
+                ("parameter_size", "parameters"),
+                ("quantization_level", "quantization"),
+            ):
+                if details.get(key):
+                    lines.append(f"  {label:<14}{details[key]}")
+            if shown.get("capabilities"):
+                lines.append(f"  {'capabilities':<14}{', '.join(shown['capabilities'])}")
+            return Reply("\n".join(lines))
+        if what in ("parameters", "template", "system", "license", "modelfile"):
+            value = shown.get(what)
+            return Reply(str(value) if value else f"No {what} is set for '{model}'.")
+        return Reply(f"Usage: {self.usage}")
+
+
+class ClearCommand(Agent):
+    name = "clear"
+    summary = "Forget the conversation before this message"
+    usage = "/clear"
+    priority = 5
+
+    async def on_request(self, request: NativeRequest, call: SlashCall | None) -> Reply | None:
+        if call is None or call.prompt:
+            return None
+        return Reply("Cleared session context.")
+
+
+class HelpCommand(Agent):
+    name = "help"
+    aliases = ("?",)
+    summary = "List the available commands"
+    usage = "/help"
+    priority = 0
+
+    commands: ClassVar[list[tuple[str, str, str]]] = []
+
+    async def on_request(self, request: NativeRequest, call: SlashCall | None) -> Reply | None:
+        if call is None or call.replay:
+            return None
+        listed = self.exchange.state.get("agents") or [(self.name, self.summary, self.usage)]
+        lines = ["Available commands:"]
+        for name, summary, usage in listed:
+            lines.append(f"  {self.prefix}{name:<12} {summary}")
+            if usage and usage != f"/{name}":
+                lines.append(f"  {'':<13} usage: {usage}")
+        lines.append("")
+        lines.append("Commands start a message; the rest of the message goes to the model.")
+        return Reply("\n".join(lines))
+
+
+BUILTIN_AGENTS: tuple[type[Agent], ...] = (
+    HelpCommand,
+    ClearCommand,
+    SetCommand,
+    LoadCommand,
+    ShowCommand,
+)

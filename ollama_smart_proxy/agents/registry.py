@@ -1,0 +1,257 @@
+"""Finding agents (built-ins, entry points, plugin folders), ordering them, building the stack."""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import json
+import logging
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..exchange import get_exchange
+from ..settings import Settings
+from ..types import ASGIApp, Receive, Scope, Send
+from ._commands import CommandSpec
+from .base import Agent, prepare_commands
+from .builtins import BUILTIN_AGENTS
+
+logger = logging.getLogger("ollama_smart_proxy.agents")
+
+ENTRY_POINT_GROUP = "ollama_smart_proxy.agents"
+
+
+@dataclass
+class AgentSpec:
+    """One agent the proxy knows of, whether it runs or not."""
+
+    cls: type[Agent]
+    source: str
+    options: dict[str, Any] = field(default_factory=dict)
+    enabled: bool = True
+
+    @property
+    def name(self) -> str:
+        return self.cls.name or self.cls.__name__
+
+    def describe(self, order: int | None) -> dict[str, Any]:
+        cls = self.cls
+        return {
+            "name": self.name,
+            "summary": cls.summary,
+            "usage": cls.usage,
+            "source": self.source,
+            "enabled": self.enabled,
+            "priority": cls.priority,
+            "order": order,
+            "activation": cls.activation,
+            "session": cls.session,
+            "commands": [cls.name, *cls.aliases] if cls.name else [],
+            "options": self.options,
+            "options_schema": cls.Options.model_json_schema(),
+        }
+
+
+@dataclass
+class LoadError:
+    """A plugin that could not be loaded, and why."""
+
+    source: str
+    reason: str
+
+    def describe(self) -> dict[str, str]:
+        return {"source": self.source, "reason": self.reason}
+
+
+class AgentRegistry:
+    """The agents of one proxy: what was found, what runs, in which order."""
+
+    def __init__(self, specs: Sequence[AgentSpec] = (), errors: Sequence[LoadError] = ()) -> None:
+        self.specs = list(specs)
+        self.errors = list(errors)
+
+    @classmethod
+    def discover(
+        cls,
+        settings: Settings,
+        agents: Iterable[type[Agent]] = (),
+        *,
+        builtins: bool = True,
+        use_entry_points: bool = True,
+    ) -> AgentRegistry:
+        """Built-ins, then ``agents`` given in code, entry points, and plugin folders."""
+        registry = cls()
+        found: list[tuple[type[Agent], str, dict[str, Any]]] = []
+        if builtins:
+            found += [(agent, "builtin", {}) for agent in BUILTIN_AGENTS]
+        found += [(agent, "code", {}) for agent in agents]
+        if use_entry_points:
+            found += registry._from_entry_points()
+        for folder in settings.plugins_dirs:
+            found += registry._from_folder(Path(folder))
+        seen: dict[str, str] = {}
+        for agent, source, config in found:
+            name = agent.name or agent.__name__
+            if name in seen:
+                registry._error(source, f"agent name '{name}' is already used by {seen[name]}")
+                continue
+            options = {**config, **settings.agent_options.get(name, {})}
+            try:
+                agent.Options(**options)
+            except ValidationError as exc:
+                registry._error(source, f"invalid options for '{name}': {_first_error(exc)}")
+                continue
+            seen[name] = source
+            enabled = name not in settings.disabled_agents and (
+                settings.enabled_agents is None or name in settings.enabled_agents
+            )
+            registry.specs.append(AgentSpec(agent, source, options, enabled))
+        registry._order = list(settings.agent_order)
+        return registry
+
+    _order: list[str] = []
+
+    def _error(self, source: str, reason: str) -> None:
+        logger.error("agent not loaded from %s: %s", source, reason)
+        self.errors.append(LoadError(source, reason))
+
+    def _from_entry_points(self) -> list[tuple[type[Agent], str, dict[str, Any]]]:
+        found: list[tuple[type[Agent], str, dict[str, Any]]] = []
+        for point in entry_points(group=ENTRY_POINT_GROUP):
+            source = f"entry_point:{point.name} ({point.value})"
+            try:
+                loaded = point.load()
+            except Exception as exc:
+                self._error(source, f"import failed: {type(exc).__name__}: {exc}")
+                continue
+            if not (inspect.isclass(loaded) and issubclass(loaded, Agent)):
+                self._error(source, "the entry point is not an Agent subclass")
+                continue
+            found.append((loaded, source, {}))
+        return found
+
+    def _from_folder(self, folder: Path) -> list[tuple[type[Agent], str, dict[str, Any]]]:
+        if not folder.is_dir():
+            self._error(f"folder:{folder}", "plugin folder does not exist")
+            return []
+        found: list[tuple[type[Agent], str, dict[str, Any]]] = []
+        for plugin in sorted(p for p in folder.iterdir() if p.is_dir()):
+            code = plugin / "agent.py"
+            if not code.is_file():
+                continue
+            source = f"folder:{plugin}"
+            try:
+                classes = _import_agents(plugin.name, code)
+            except Exception as exc:
+                self._error(source, f"import failed: {type(exc).__name__}: {exc}")
+                continue
+            if not classes:
+                self._error(source, "agent.py defines no Agent subclass")
+                continue
+            config: dict[str, Any] = {}
+            config_file = plugin / "config.json"
+            if config_file.is_file():
+                try:
+                    config = json.loads(config_file.read_text(encoding="utf-8"))
+                except ValueError as exc:
+                    self._error(source, f"config.json is not valid JSON: {exc}")
+                    continue
+                if not isinstance(config, dict):
+                    self._error(source, "config.json must hold a JSON object of options")
+                    continue
+            found += [(agent, source, config) for agent in classes]
+        return found
+
+    def ordered(self) -> list[AgentSpec]:
+        """The enabled agents, outermost first: configured order, then priority, then name."""
+        position = {name: index for index, name in enumerate(self._order)}
+        enabled = [spec for spec in self.specs if spec.enabled]
+        return sorted(
+            enabled,
+            key=lambda s: (position.get(s.name, len(position)), s.cls.priority, s.name),
+        )
+
+    def words(self) -> dict[str, CommandSpec]:
+        words: dict[str, CommandSpec] = {}
+        for spec in self.ordered():
+            words.update(spec.cls.command_words())
+        return words
+
+    def listing(self) -> list[tuple[str, str, str]]:
+        return [(s.name, s.cls.summary, s.cls.usage) for s in self.ordered() if s.cls.name]
+
+    def build(self, app: ASGIApp, settings: Settings) -> ASGIApp:
+        """Wrap ``app`` in every enabled agent, outermost first, under one command parser."""
+        for spec in reversed(self.ordered()):
+            app = spec.cls(
+                app,
+                prefix=settings.command_prefix,
+                max_body_bytes=settings.max_body_bytes,
+                **spec.options,
+            )
+        return CommandParser(app, self.words(), self.listing(), settings.command_prefix)
+
+    def describe(self) -> dict[str, Any]:
+        order = {spec.name: index for index, spec in enumerate(self.ordered())}
+        return {
+            "agents": [spec.describe(order.get(spec.name)) for spec in self.specs],
+            "errors": [error.describe() for error in self.errors],
+        }
+
+
+class CommandParser:
+    """Parse the commands of every registered agent at once, before any agent runs, so a
+    command is removed from the text even when its agent only rewrites responses."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        words: dict[str, CommandSpec],
+        listing: list[tuple[str, str, str]],
+        prefix: str,
+    ) -> None:
+        self.app = app
+        self.words = words
+        self.listing = listing
+        self.prefix = prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        exchange = get_exchange(scope)
+        if exchange is not None and exchange.kind in ("chat", "generate"):
+            exchange.state["agents"] = self.listing
+            prepare_commands(exchange, self.prefix, self.words)
+        await self.app(scope, receive, send)
+
+
+def _import_agents(name: str, path: Path) -> list[type[Agent]]:
+    module_name = f"ollama_smart_proxy_plugins.{name}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(module_name, None)
+        raise
+    return [
+        value
+        for value in vars(module).values()
+        if inspect.isclass(value)
+        and issubclass(value, Agent)
+        and value is not Agent
+        and value.__module__ == module_name
+    ]
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors(include_url=False)[0]
+    loc = ".".join(str(part) for part in error["loc"])
+    return f"{loc}: {error['msg']}" if loc else error["msg"]

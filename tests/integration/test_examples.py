@@ -76,3 +76,20 @@ def test_openai_client_example(proxy_url: str) -> None:
     assert result.returncode == 0, result.stderr
     assert "chat: Say hello in five words." in result.stdout
     assert "stream: Count to five." in result.stdout
+
+
+@pytest.mark.anyio
+async def test_single_agent_example(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["single_agent.py", "--demo"])
+    module = load("single_agent")
+    transport = httpx.ASGITransport(app=module.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+        reply = await client.post(
+            "/api/chat",
+            json={
+                "model": "llama3.2",
+                "messages": [{"role": "user", "content": "/redact mail me@example.com now"}],
+                "stream": False,
+            },
+        )
+    assert reply.json()["message"]["content"] == "mail [hidden] now"

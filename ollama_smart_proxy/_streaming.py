@@ -10,7 +10,7 @@ import anyio
 
 from ._ndjson import DEFAULT_MAX_LINE_BYTES, LineSplitter
 from .encoders import Chunk
-from .errors import ProxyError, UpstreamError, error_body
+from .errors import error_body
 from .exchange import Exchange
 from .types import Message, Receive, Send
 
@@ -269,13 +269,3 @@ async def run_until_disconnect(receive: Receive, func: Callable[[], Awaitable[No
             raise group_error.exceptions[0] from None
         raise
     return left
-
-
-__all__ = [
-    "HOP_BY_HOP",
-    "ProxyError",
-    "ResponseWriter",
-    "UpstreamError",
-    "response_headers",
-    "run_until_disconnect",
-]

@@ -9,9 +9,15 @@ Agents never write wire formats.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 Chunk = dict[str, Any]
+
+
+def now_rfc3339() -> str:
+    """The current time as Ollama writes ``created_at``."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def dumps(value: Any) -> bytes:

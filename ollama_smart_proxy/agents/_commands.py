@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from ..schemas import ChatRequest, GenerateRequest, Message
 
@@ -140,7 +139,3 @@ def prepare(
         replays = []
     request.messages = kept
     return current, replays
-
-
-def text_of(value: Any) -> str:
-    return value if isinstance(value, str) else ""

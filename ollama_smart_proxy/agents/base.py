@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -11,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette._utils import get_route_path
 
 from .._streaming import ResponseWriter
-from ..encoders import Chunk, dumps
+from ..encoders import Chunk, dumps, now_rfc3339
 from ..errors import ProxyError, RequestError, dialect_for_path, send_proxy_error
 from ..exchange import Exchange, call_native, call_with_exchange, get_exchange, read_body
 from ..schemas import ChatRequest, GenerateRequest, NativeRequest, parse_request
@@ -56,18 +55,16 @@ def with_text(chunk: Chunk, text: str) -> Chunk:
 
 def text_chunk(exchange: Exchange, text: str, *, thinking: str | None = None) -> Chunk:
     """A new native content chunk for this exchange (chat or generate)."""
-    from ..testing._fake import _now
-
     model = exchange.request.model or ""
     if exchange.kind == "generate":
-        chunk: Chunk = {"model": model, "created_at": _now(), "response": text}
+        chunk: Chunk = {"model": model, "created_at": now_rfc3339(), "response": text}
         if thinking:
             chunk["thinking"] = thinking
     else:
         message: dict[str, Any] = {"role": "assistant", "content": text}
         if thinking:
             message["thinking"] = thinking
-        chunk = {"model": model, "created_at": _now(), "message": message}
+        chunk = {"model": model, "created_at": now_rfc3339(), "message": message}
     chunk["done"] = False
     return chunk
 
@@ -165,13 +162,6 @@ class Agent:
         return split_words(cls.arity)(text)
 
     @classmethod
-    def command_specs(cls) -> Iterable[CommandSpec]:
-        if not cls.name:
-            return ()
-        spec = CommandSpec(cls.name, cls.split, cls.session)
-        return [spec] + [CommandSpec(cls.name, cls.split, cls.session) for _ in cls.aliases]
-
-    @classmethod
     def command_words(cls) -> dict[str, CommandSpec]:
         if not cls.name:
             return {}
@@ -218,7 +208,8 @@ class Agent:
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         exchange = get_exchange(scope)
-        assert exchange is not None
+        if exchange is None:  # pragma: no cover - __call__ always puts one there
+            raise RuntimeError("agent called without an exchange")
         prepare_commands(exchange, self.prefix, self.command_words())
         state = exchange.state[_PREPARED]
         words = set(self.command_words())

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import re
+from typing import Any
 
 from ..schemas import ChatRequest, GenerateRequest, Message, NativeRequest
 from ._commands import SlashCall, split_words
@@ -216,8 +217,6 @@ class HelpCommand(Agent):
     usage = "/help"
     priority = 0
 
-    commands: ClassVar[list[tuple[str, str, str]]] = []
-
     async def on_request(self, request: NativeRequest, call: SlashCall | None) -> Reply | None:
         if call is None or call.replay:
             return None
@@ -225,7 +224,8 @@ class HelpCommand(Agent):
         lines = ["Available commands:"]
         for name, summary, usage in listed:
             lines.append(f"  {self.prefix}{name:<12} {summary}")
-            if usage and usage != f"/{name}":
+            usage = re.sub(r"(^|\| )/", lambda m: m.group(1) + self.prefix, usage)
+            if usage and usage != f"{self.prefix}{name}":
                 lines.append(f"  {'':<13} usage: {usage}")
         lines.append("")
         lines.append("Commands start a message; the rest of the message goes to the model.")

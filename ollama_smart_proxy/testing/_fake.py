@@ -8,7 +8,6 @@ and mid-stream errors. Replies echo the prompt, or follow a script.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import math
@@ -19,22 +18,19 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from typing import Any
 
 import anyio
 
+from ..encoders import now_rfc3339 as _now
 from ..types import Message, Receive, Scope, Send
 
 Chunk = dict[str, Any]
 
 _TOKEN = re.compile(r"\s*\S+|\s+")
 VERSION = "0.32.15"
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _dumps(value: Any) -> bytes:
@@ -801,6 +797,3 @@ async def _stream(send: Send, chunks: list[Chunk], delay: float = 0.0) -> None:
         if delay:
             await anyio.sleep(delay)
     await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-__all__ = ["FakeModel", "FakeOllama", "FakeReply", "RecordedRequest", "base64", "timedelta"]

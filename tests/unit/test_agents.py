@@ -337,6 +337,14 @@ async def test_order_priority_and_configured(fake: FakeOllama) -> None:
     assert text == "x12"
 
 
+async def test_custom_prefix(fake: FakeOllama) -> None:
+    async with proxy_with(fake, command_prefix="!") as client:
+        _, text = await ask(client, user("!help"))
+        assert "!set parameter NAME VALUE" in text
+        _, text = await ask(client, user("/help"))
+        assert text == "/help"  # reached the model
+
+
 async def test_disabled_and_enabled(fake: FakeOllama) -> None:
     async with proxy_with(fake, First, disabled_agents=["first", "help"]) as client:
         status, text = await ask(client, user("/help"))

@@ -143,6 +143,10 @@ class Settings(BaseSettings):
     upstream_max_connections: int = Field(
         1024, gt=0, description="Size of the connection pool to Ollama."
     )
+    upstream_transport: Literal["aiohttp", "httpx"] = Field(
+        "aiohttp",
+        description="Connection pool under the httpx client: aiohttp's (fast) or httpcore's.",
+    )
     max_line_bytes: int = Field(
         16 * 1024 * 1024, gt=0, description="Longest NDJSON line accepted from Ollama."
     )

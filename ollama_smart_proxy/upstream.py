@@ -10,6 +10,7 @@ import httpx
 from starlette._utils import get_route_path
 
 from ._streaming import HOP_BY_HOP, ResponseWriter, response_headers, run_until_disconnect
+from ._aiohttp import AiohttpTransport
 from .errors import (
     ProxyError,
     UpstreamError,
@@ -46,6 +47,8 @@ def create_client(
         write=settings.upstream_timeout,
         pool=settings.upstream_timeout,
     )
+    if transport is None and settings.upstream_transport == "aiohttp":
+        transport = AiohttpTransport(limits=limits)
     return httpx.AsyncClient(
         base_url=settings.upstream,
         limits=limits,

@@ -48,7 +48,7 @@ pieces = st.lists(
 ).map(" ".join)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(text=pieces, cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=20))
 def test_any_chunking_masks_like_the_whole_text(text: str, cuts: list[int]) -> None:
     points = sorted({0, len(text), *(c % (len(text) + 1) for c in cuts)})

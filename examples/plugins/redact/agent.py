@@ -1,8 +1,8 @@
 """`/redact`: mask e-mail addresses and secret-looking numbers and keys in the answer.
 
 A response-side plugin. It works per chunk while the answer streams and stays correct when
-a match is split across chunks: it holds back only the trailing word (and a trailing run of
-digit groups) until the next chunk shows whether it is part of a secret.
+a match is split across chunks: it holds back only what follows the last white space that
+no secret can span, until the next chunk shows whether it is part of one.
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ SECRET = re.compile(
     r"|\b(?:sk|pk|rk|ghp|gho|ghs|xox[abprs])[-_][A-Za-z0-9_-]{12,}"  # API keys
     r"|(?<![\w-])\d(?:[ -]?\d){11,}(?![\w-])"  # 12+ digits, maybe grouped: cards, accounts
 )
-#: What may still grow into a match: the trailing digit groups and word.
-TAIL = re.compile(r"(?:\d[\d -]*)?\S*$")
 
 
 class Options(BaseModel):
@@ -30,6 +28,16 @@ class Options(BaseModel):
 
 def redact(text: str, mask: str = "[redacted]") -> str:
     return SECRET.sub(mask, text)
+
+
+def safe_end(text: str) -> int:
+    """Where ``text`` can be cut without changing what matches: after the last white space
+    that no match can span (one not preceded by a digit, since only digit groups contain
+    spaces). Everything after it may still grow into a secret and is held back."""
+    for index in range(len(text) - 1, -1, -1):
+        if text[index].isspace() and (index == 0 or not text[index - 1].isdigit()):
+            return index + 1
+    return 0
 
 
 class Redact(Agent):
@@ -50,10 +58,7 @@ class Redact(Agent):
         if chunk.get("done"):
             return chunk
         text = self.pending + chunk_text(chunk)
-        cut = TAIL.search(text).start()  # type: ignore[union-attr]
-        for match in SECRET.finditer(text):
-            if match.start() < cut < match.end():
-                cut = match.start()
+        cut = safe_end(text)
         self.pending = text[cut:]
         emitted = redact(text[:cut], self.options.mask)
         message = chunk.get("message") or {}

@@ -216,11 +216,17 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a few seconds, smaller loads")
     parser.add_argument("--out", type=Path, default=None, help="JSON output (default: results/)")
     parser.add_argument("--proxy-args", default="", help="extra launcher flags")
+    parser.add_argument(
+        "--transport", choices=["aiohttp", "httpx"], default=None,
+        help="the proxy's upstream transport (OSP_UPSTREAM_TRANSPORT); default: the proxy's",
+    )  # fmt: skip
     args = parser.parse_args()
 
     upstream, proxy = free_port(), free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env = {k: v for k, v in env.items() if not k.startswith("OSP_")}
+    if args.transport:
+        env["OSP_UPSTREAM_TRANSPORT"] = args.transport
     processes = [
         subprocess.Popen(
             [sys.executable, "-m", "benchmarks.fake_upstream", "--port", str(upstream)],

@@ -9,7 +9,6 @@ its requests, responses and exceptions); only the transport underneath changes.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -71,10 +70,12 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             raise httpx.ConnectError(str(exc), request=request) from exc
         except aiohttp.ConnectionTimeoutError as exc:
             raise httpx.ConnectTimeout(str(exc) or "connect timed out", request=request) from exc
-        except (aiohttp.ServerTimeoutError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise httpx.ReadTimeout(str(exc) or "read timed out", request=request) from exc
         except aiohttp.ClientError as exc:
-            raise httpx.RemoteProtocolError(str(exc) or type(exc).__name__, request=request) from exc
+            raise httpx.RemoteProtocolError(
+                str(exc) or type(exc).__name__, request=request
+            ) from exc
         return httpx.Response(
             response.status,
             headers=response.raw_headers,
@@ -98,7 +99,7 @@ class _ResponseStream(httpx.AsyncByteStream):
         try:
             async for data in self._response.content.iter_any():
                 yield data
-        except (aiohttp.ServerTimeoutError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise httpx.ReadTimeout(str(exc) or "read timed out", request=self._request) from exc
         except aiohttp.ClientError as exc:
             raise httpx.RemoteProtocolError(

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 from starlette._utils import get_route_path
 
-from ._streaming import HOP_BY_HOP, ResponseWriter, response_headers, run_until_disconnect
 from ._aiohttp import AiohttpTransport
+from ._streaming import HOP_BY_HOP, ResponseWriter, response_headers, run_until_disconnect
 from .errors import (
     ProxyError,
     UpstreamError,
@@ -32,28 +33,40 @@ DROP_REQUEST_HEADERS = HOP_BY_HOP | {b"host", b"content-length", b"accept-encodi
 STREAMED_UPLOADS = ("/api/blobs/",)
 
 
-def create_client(
-    settings: Settings, transport: httpx.AsyncBaseTransport | None = None
-) -> httpx.AsyncClient:
-    """The upstream client: a pool sized from settings (never httpx's default 100)."""
-    limits = httpx.Limits(
+def upstream_limits(settings: Settings) -> httpx.Limits:
+    """The upstream pool: sized from settings, never httpx's default of 100."""
+    return httpx.Limits(
         max_connections=settings.upstream_max_connections,
         max_keepalive_connections=settings.upstream_max_connections,
         keepalive_expiry=30.0,
     )
-    timeout = httpx.Timeout(
+
+
+def upstream_timeout(settings: Settings) -> httpx.Timeout:
+    return httpx.Timeout(
         connect=settings.upstream_connect_timeout,
         read=settings.upstream_timeout,
         write=settings.upstream_timeout,
         pool=settings.upstream_timeout,
     )
-    if transport is None and settings.upstream_transport == "aiohttp":
-        transport = AiohttpTransport(limits=limits)
+
+
+def create_transport(settings: Settings) -> httpx.AsyncBaseTransport:
+    """The transport chosen by ``upstream_transport``: aiohttp's pool (default) or httpcore's."""
+    limits = upstream_limits(settings)
+    if settings.upstream_transport == "aiohttp":
+        return AiohttpTransport(limits=limits)
+    return httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
+
+
+def create_client(
+    settings: Settings, transport: httpx.AsyncBaseTransport | None = None
+) -> httpx.AsyncClient:
+    """An ``httpx.AsyncClient`` for the upstream, as the proxy makes its own."""
     return httpx.AsyncClient(
         base_url=settings.upstream,
-        limits=limits,
-        timeout=timeout,
-        transport=transport,
+        timeout=upstream_timeout(settings),
+        transport=transport or create_transport(settings),
         follow_redirects=False,
         trust_env=False,
     )
@@ -86,17 +99,43 @@ class OllamaUpstream:
         self.settings = settings or Settings()
         self._client = client
         self._owns_client = client is None
+        # With its own client the proxy calls the transport directly: httpx's client layer
+        # (auth, redirects, cookie jar, hooks) has no business in a proxy and costs per request.
+        self._transport: httpx.AsyncBaseTransport | None = None
+        self._base = self.settings.upstream
+        self._timeout = upstream_timeout(self.settings).as_dict()
 
     @property
     def client(self) -> httpx.AsyncClient:
         if self._client is None or (self._client.is_closed and self._owns_client):
-            self._client = create_client(self.settings)
+            self._transport = create_transport(self.settings)
+            self._client = create_client(self.settings, self._transport)
         return self._client
 
     async def aclose(self) -> None:
         if self._client is not None and self._owns_client:
             await self._client.aclose()
             self._client = None
+            self._transport = None
+
+    def _request(
+        self, method: str, path: str, query: bytes, headers: list[tuple[bytes, bytes]], content: Any
+    ) -> httpx.Request:
+        client = self.client
+        if self._transport is None:
+            return client.build_request(
+                method, httpx.URL(path=path, query=query), headers=headers, content=content
+            )
+        url = self._base + path + ("?" + query.decode("latin-1") if query else "")
+        headers.append((b"host", client.base_url.netloc))
+        return httpx.Request(
+            method, url, headers=headers, content=content, extensions={"timeout": self._timeout}
+        )
+
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        if self._transport is None:
+            return await self.client.send(request, stream=True)
+        return await self._transport.handle_async_request(request)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # pragma: no cover - the proxy routes only http here
@@ -118,11 +157,8 @@ class OllamaUpstream:
 
         headers = forward_headers(scope["headers"])
         headers.append((b"accept-encoding", b"identity"))
-        request = self.client.build_request(
-            scope["method"],
-            httpx.URL(path=path, query=scope.get("query_string", b"")),
-            headers=headers,
-            content=content,
+        request = self._request(
+            scope["method"], path, scope.get("query_string", b""), headers, content
         )
         # The fast path: nothing transforms the response, so its bytes go out untouched.
         fast = exchange is None or (not exchange.transforms and exchange.encoder is None)
@@ -131,7 +167,7 @@ class OllamaUpstream:
 
         async def forward() -> None:
             try:
-                response = await self.client.send(request, stream=True)
+                response = await self._send(request)
             except httpx.TimeoutException as exc:
                 raise UpstreamTimeout(
                     f"Ollama at {self.settings.upstream} did not answer within "
@@ -146,7 +182,7 @@ class OllamaUpstream:
                     await _pass_through(response, send, state)
                 else:
                     await writer.start(response.status_code, response.headers.raw)
-                    async for data in response.aiter_raw():
+                    async for data in response.stream:  # type: ignore[union-attr]
                         await writer.feed(data)
                     await writer.end()
             finally:
@@ -212,7 +248,7 @@ async def _pass_through(response: httpx.Response, send: Send, state: _State) -> 
     )
     state.started = True
     state.framed = "content-length" in response.headers
-    async for data in response.aiter_raw():
+    async for data in response.stream:  # type: ignore[union-attr]
         await send({"type": "http.response.body", "body": data, "more_body": True})
     state.finished = True
     await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -130,6 +130,7 @@ class Agent:
         self.app = app
         self.prefix = prefix
         self.max_body_bytes = max_body_bytes
+        self._words = self.command_words()
         try:
             self.options: Any = self.Options(**options)
         except ValidationError as exc:
@@ -210,12 +211,12 @@ class Agent:
         exchange = get_exchange(scope)
         if exchange is None:  # pragma: no cover - __call__ always puts one there
             raise RuntimeError("agent called without an exchange")
-        prepare_commands(exchange, self.prefix, self.command_words())
+        prepare_commands(exchange, self.prefix, self._words)
         state = exchange.state[_PREPARED]
-        words = set(self.command_words())
+        words = self._words
         current: SlashCall | None = state["current"]
         call = current if current is not None and current.name in words else None
-        replays = [c for c in state["replays"] if c.name in words]
+        replays = [c for c in state["replays"] if c.name in words] if state["replays"] else []
         if call is None and not replays and self.activation != "always":
             await self.app(scope, receive, send)
             return
@@ -251,9 +252,10 @@ def prepare_commands(exchange: Exchange, prefix: str, words: dict[str, CommandSp
     state = exchange.state.setdefault(
         _PREPARED, {"words": set(), "current": None, "replays": [], "commands": {}}
     )
-    new = {word: spec for word, spec in words.items() if word not in state["words"]}
-    if not new:
+    known = state["words"]
+    if not words or words.keys() <= known:
         return
+    new = {word: spec for word, spec in words.items() if word not in known}
     state["words"].update(new)
     state["commands"].update(new)
     if not isinstance(exchange.request, ChatRequest | GenerateRequest):

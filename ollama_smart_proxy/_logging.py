@@ -26,6 +26,9 @@ class RequestContext:
     started: float = field(default_factory=time.perf_counter)
     exchange: Any = None
     model: str | None = None
+    #: The response status once ``http.response.start`` went out (0 before).
+    status: int = 0
+    bytes: int = 0
 
 
 def get_context(scope: Scope) -> RequestContext | None:
@@ -55,44 +58,46 @@ class AccessLogMiddleware:
         context = RequestContext(request_id)
         scope = dict(scope)
         scope[CONTEXT_KEY] = context
-        status = 0
-        size = 0
         id_header = (b"x-request-id", request_id.encode())
 
         async def logging_send(message: Message) -> None:
-            nonlocal status, size
-            if message["type"] == "http.response.start":
-                status = message["status"]
+            if message["type"] == "http.response.body":
+                context.bytes += len(message.get("body", b""))
+            elif message["type"] == "http.response.start":
+                context.status = message["status"]
                 message = dict(message)
                 message["headers"] = [*message.get("headers", []), id_header]
-            elif message["type"] == "http.response.body":
-                size += len(message.get("body", b""))
             await send(message)
 
         try:
             await self.app(scope, receive, logging_send)
         finally:
             if access_logger.isEnabledFor(logging.INFO):
-                exchange = context.exchange
-                model = context.model or (exchange.model if exchange is not None else None)
-                access_logger.info(
-                    "%s %s %s %s %.1fms %dB",
-                    scope["method"],
-                    scope["path"],
-                    model or "-",
-                    status or "-",
-                    (time.perf_counter() - context.started) * 1000,
-                    size,
-                    extra={
-                        "request_id": request_id,
-                        "method": scope["method"],
-                        "path": scope["path"],
-                        "model": model,
-                        "status": status or None,
-                        "duration_ms": round((time.perf_counter() - context.started) * 1000, 2),
-                        "bytes": size,
-                    },
-                )
+                log_request(scope, context)
+
+
+def log_request(scope: Scope, context: RequestContext) -> None:
+    exchange = context.exchange
+    model = context.model or (exchange.model if exchange is not None else None)
+    duration = (time.perf_counter() - context.started) * 1000
+    access_logger.info(
+        "%s %s %s %s %.1fms %dB",
+        scope["method"],
+        scope["path"],
+        model or "-",
+        context.status or "-",
+        duration,
+        context.bytes,
+        extra={
+            "request_id": context.request_id,
+            "method": scope["method"],
+            "path": scope["path"],
+            "model": model,
+            "status": context.status or None,
+            "duration_ms": round(duration, 2),
+            "bytes": context.bytes,
+        },
+    )
 
 
 _FIELDS = ("request_id", "method", "path", "model", "status", "duration_ms", "bytes")

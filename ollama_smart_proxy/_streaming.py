@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
-
-import anyio
 
 from ._ndjson import DEFAULT_MAX_LINE_BYTES, LineSplitter
 from .encoders import Chunk
@@ -246,26 +245,30 @@ async def run_until_disconnect(receive: Receive, func: Callable[[], Awaitable[No
     """Run ``func``, cancelling it as soon as the client disconnects.
 
     Returns ``True`` if the client left. ``receive`` must have no body left to deliver
-    (``http.request`` messages are skipped).
+    (``http.request`` messages are skipped). ``func`` runs in a task of its own that a
+    watcher task cancels on ``http.disconnect``: two plain asyncio tasks cost ~17 µs a
+    request, an anyio task group ~100 µs (measured; see docs/performance.md).
     """
+    inner = asyncio.ensure_future(func())
     left = False
 
-    async def watch(scope: anyio.CancelScope) -> None:
+    async def watch() -> None:
         nonlocal left
         while True:
             message: Message = await receive()
             if message["type"] == "http.disconnect":
-                left = True
-                scope.cancel()
+                if not inner.done():
+                    left = True
+                    inner.cancel()
                 return
 
+    watcher = asyncio.ensure_future(watch())
     try:
-        async with anyio.create_task_group() as group:
-            group.start_soon(watch, group.cancel_scope)
-            await func()
-            group.cancel_scope.cancel()
-    except BaseExceptionGroup as group_error:
-        if len(group_error.exceptions) == 1:
-            raise group_error.exceptions[0] from None
+        await inner  # if this task is cancelled, so is ``inner``
+    except asyncio.CancelledError:
+        if left and inner.cancelled():
+            return True
         raise
+    finally:
+        watcher.cancel()
     return left

@@ -17,7 +17,7 @@ from .exchange import call_with_exchange, get_exchange, parse_exchange
 from .openai import OpenAICompat
 from .openai.middleware import openai_route
 from .settings import Settings
-from .types import ASGIApp, Message, Receive, Scope, Send
+from .types import ASGIApp, Receive, Scope, Send
 from .upstream import OllamaUpstream
 
 logger = logging.getLogger("ollama_smart_proxy")
@@ -49,7 +49,7 @@ class SmartProxy:
             self.settings, agents, builtins=builtins, use_entry_points=entry_points
         )
         self.completion_app: ASGIApp = self.registry.build(self.upstream, self.settings)
-        self.openai = OpenAICompat(self._native, settings=self.settings)
+        self.openai = OpenAICompat(self._native, settings=self.settings, inner_encodes=True)
         self._app = AccessLogMiddleware(self._route)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -102,23 +102,16 @@ class SmartProxy:
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = get_route_path(scope)
         method = scope["method"]
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        context = get_context(scope)
         try:
-            await self._dispatch(path, method, scope, receive, tracking_send)
+            await self._dispatch(path, method, scope, receive, send)
         except ProxyError as exc:
-            if started:
+            if context is None or context.status:
                 raise
             await send_proxy_error(send, dialect_for_path(path), exc)
         except Exception:
             logger.exception("unhandled error on %s %s", method, path)
-            if started:
+            if context is None or context.status:
                 raise
             await send_error(send, dialect_for_path(path), "internal proxy error", 500)
 
@@ -154,4 +147,6 @@ class SmartProxy:
         context = get_context(scope)
         if context is not None:
             context.exchange = exchange
-        await call_with_exchange(self.completion_app, scope, receive, send, exchange, path)
+        await call_with_exchange(
+            self.completion_app, scope, receive, send, exchange, path, inner_encodes=True
+        )

@@ -174,13 +174,21 @@ async def call_native(
 
 
 async def call_with_exchange(
-    app: ASGIApp, scope: Scope, receive: Receive, send: Send, exchange: Exchange, path: str
+    app: ASGIApp,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    exchange: Exchange,
+    path: str,
+    *,
+    inner_encodes: bool = False,
 ) -> None:
     """Call ``app`` with ``exchange`` in its scope at ``path``.
 
     Whatever the inner app is, it can read the exchange's body from ``receive``, and its
     native response is decoded, transformed and encoded here unless a layer below (the
-    terminal layer) already did it.
+    terminal layer) already did it. ``inner_encodes=True`` says the app below always does
+    (the proxy's own stack), so ``send`` is passed through unwrapped.
     """
     from ._streaming import ResponseWriter  # circular: _streaming uses Exchange
 
@@ -202,6 +210,10 @@ async def call_with_exchange(
             body_sent = True
             return {"type": "http.request", "body": exchange.body(), "more_body": False}
         return await receive()
+
+    if inner_encodes:
+        await app(scope, replay_receive, send)
+        return
 
     writer: ResponseWriter | None = None
 

@@ -44,9 +44,13 @@ class OpenAICompat:
     encoded back as OpenAI JSON or SSE. Other paths pass through to ``app``.
     """
 
-    def __init__(self, app: ASGIApp, *, settings: Settings | None = None) -> None:
+    def __init__(
+        self, app: ASGIApp, *, settings: Settings | None = None, inner_encodes: bool = False
+    ) -> None:
         self.app = app
         self.settings = settings or Settings()
+        #: The app below always encodes responses itself (the proxy's own stack does).
+        self.inner_encodes = inner_encodes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -80,7 +84,9 @@ class OpenAICompat:
         context = scope.get("ollama_smart_proxy.context")
         if context is not None:
             context.exchange = exchange
-        await call_with_exchange(self.app, scope, receive, send, exchange, native_path)
+        await call_with_exchange(
+            self.app, scope, receive, send, exchange, native_path, inner_encodes=self.inner_encodes
+        )
 
     async def _read_json(self, scope: Scope, receive: Receive) -> dict[str, Any]:
         raw = await read_body(scope, receive, self.settings.max_body_bytes)

@@ -66,7 +66,9 @@ class Connection(asyncio.Protocol):
         body = self.buffer[head_end + 4 : head_end + 4 + length]
         self.buffer = self.buffer[head_end + 4 + length :]
         self.busy = True
-        self.task = asyncio.get_running_loop().create_task(self.respond(method, path, headers, body))
+        self.task = asyncio.get_running_loop().create_task(
+            self.respond(method, path, headers, body)
+        )
 
     async def respond(self, method: str, path: str, headers: dict[str, str], body: bytes) -> None:
         transport = self.transport
@@ -103,7 +105,9 @@ class Connection(asyncio.Protocol):
                 b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload)
             )
         else:
-            transport.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 18\r\n\r\n404 page not found")
+            transport.write(
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 18\r\n\r\n404 page not found"
+            )
         self.busy = False
         self.task = None
         if self.buffer:

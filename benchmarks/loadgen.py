@@ -64,7 +64,9 @@ async def one_connection(
                     lines += data.count(b"\n") - 1
             else:
                 start = headers.find(b"content-length:")
-                length = int(headers[start + 15 : headers.find(b"\r\n", start)]) if start >= 0 else 0
+                length = (
+                    int(headers[start + 15 : headers.find(b"\r\n", start)]) if start >= 0 else 0
+                )
                 data = await reader.readexactly(length)
                 first = time.perf_counter()
                 lines = 1
@@ -140,7 +142,9 @@ async def run(
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--url", required=True)
-    parser.add_argument("--body", default='{"model":"bench","messages":[{"role":"user","content":"hi"}]}')
+    parser.add_argument(
+        "--body", default='{"model":"bench","messages":[{"role":"user","content":"hi"}]}'
+    )
     parser.add_argument("--header", action="append", default=[])
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--duration", type=float, default=5.0)

@@ -58,19 +58,46 @@ def scenarios(quick: bool) -> list[Scenario]:
     out = [
         Scenario("A1", "non-streaming /api/chat, c=1", 1, NATIVE_ONCE, duration=d),
         Scenario("A50", "non-streaming /api/chat, c=50", 50, NATIVE_ONCE, duration=d),
-        Scenario("B50", "streaming 64 tokens unpaced, c=50", 50, NATIVE_STREAM, duration=d, unit="chunk"),
-        Scenario("C200", "paced 64 x 20 ms, c=200", 200, NATIVE_STREAM, delay_ms=20, duration=d + 2, unit="chunk"),
         Scenario(
-            f"C{many}", f"paced 64 x 20 ms, c={many}", many, NATIVE_STREAM, delay_ms=20,
-            duration=d + 2, unit="chunk", watch_memory=True,
+            "B50", "streaming 64 tokens unpaced, c=50", 50, NATIVE_STREAM, duration=d, unit="chunk"
         ),
         Scenario(
-            f"D{many}-openai", f"paced, c={many}, via /v1/chat/completions (SSE)", many,
-            OPENAI_STREAM, delay_ms=20, proxy_path="/v1/chat/completions", duration=d + 2, unit="chunk",
+            "C200",
+            "paced 64 x 20 ms, c=200",
+            200,
+            NATIVE_STREAM,
+            delay_ms=20,
+            duration=d + 2,
+            unit="chunk",
         ),
         Scenario(
-            f"D{many}-agent", f"paced, c={many}, /redact response agent active", many,
-            NATIVE_AGENT, delay_ms=20, duration=d + 2, unit="chunk",
+            f"C{many}",
+            f"paced 64 x 20 ms, c={many}",
+            many,
+            NATIVE_STREAM,
+            delay_ms=20,
+            duration=d + 2,
+            unit="chunk",
+            watch_memory=True,
+        ),
+        Scenario(
+            f"D{many}-openai",
+            f"paced, c={many}, via /v1/chat/completions (SSE)",
+            many,
+            OPENAI_STREAM,
+            delay_ms=20,
+            proxy_path="/v1/chat/completions",
+            duration=d + 2,
+            unit="chunk",
+        ),
+        Scenario(
+            f"D{many}-agent",
+            f"paced, c={many}, /redact response agent active",
+            many,
+            NATIVE_AGENT,
+            delay_ms=20,
+            duration=d + 2,
+            unit="chunk",
         ),
     ]
     if quick:
@@ -119,9 +146,7 @@ def loadgen(url: str, scenario: Scenario) -> dict[str, Any]:
     return json.loads(out.stdout)  # type: ignore[no-any-return]
 
 
-def measure(
-    scenario: Scenario, upstream: int, proxy: int, proxy_pid: int
-) -> dict[str, Any]:
+def measure(scenario: Scenario, upstream: int, proxy: int, proxy_pid: int) -> dict[str, Any]:
     direct = loadgen(f"http://127.0.0.1:{upstream}/api/chat", scenario)
     peak = [rss_mib(proxy_pid)]
     stop = threading.Event()
@@ -176,8 +201,18 @@ def plot(results: dict[str, Any], path: Path) -> bool:
     left.legend(loc="lower right")
     width = 0.4
     xs = range(len(rows))
-    right.bar([x - width / 2 for x in xs], [r["ttfb_p50_added_ms"] for r in rows], width, label="TTFB p50 added")
-    right.bar([x + width / 2 for x in xs], [r["ttfb_p99_added_ms"] for r in rows], width, label="TTFB p99 added")
+    right.bar(
+        [x - width / 2 for x in xs],
+        [r["ttfb_p50_added_ms"] for r in rows],
+        width,
+        label="TTFB p50 added",
+    )
+    right.bar(
+        [x + width / 2 for x in xs],
+        [r["ttfb_p99_added_ms"] for r in rows],
+        width,
+        label="TTFB p99 added",
+    )
     right.set_xticks(list(xs), labels)
     right.set_title("time to first byte added by the proxy (ms)")
     right.legend()
@@ -212,7 +247,9 @@ def table(results: dict[str, Any]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="a few seconds, smaller loads")
     parser.add_argument("--out", type=Path, default=None, help="JSON output (default: results/)")
     parser.add_argument("--proxy-args", default="", help="extra launcher flags")

@@ -52,6 +52,7 @@ class Exchange:
     state: dict[str, Any] = field(default_factory=dict)
     #: Set by the layer that runs the response pipeline, so no outer layer runs it again.
     response_handled: bool = False
+    _body: bytes | None = field(default=None, init=False, repr=False)
 
     @property
     def model(self) -> str | None:
@@ -63,8 +64,9 @@ class Exchange:
         return self.encoder
 
     def body(self) -> bytes:
-        """The request serialised once, as it goes upstream."""
-        return dump_request(self.request)
+        """The request serialised, as it goes upstream (call it once every layer is done)."""
+        self._body = dump_request(self.request)
+        return self._body
 
 
 def get_exchange(scope: Scope) -> Exchange | None:
@@ -208,7 +210,9 @@ async def call_with_exchange(
         nonlocal body_sent
         if not body_sent:
             body_sent = True
-            return {"type": "http.request", "body": exchange.body(), "more_body": False}
+            # The terminal layer may have serialised it already (a watcher asks again).
+            body = exchange._body if exchange._body is not None else exchange.body()
+            return {"type": "http.request", "body": body, "more_body": False}
         return await receive()
 
     if inner_encodes:

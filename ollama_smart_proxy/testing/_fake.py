@@ -144,6 +144,8 @@ class RecordedRequest:
     query: str
     headers: dict[str, str]
     body: bytes
+    #: The client address (host, port) as the server saw it: one port per connection.
+    client: tuple[str, int] | None = None
 
     @property
     def json(self) -> Any:
@@ -240,6 +242,7 @@ class FakeOllama:
             query=scope.get("query_string", b"").decode("latin-1"),
             headers={k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]},
             body=bytes(body),
+            client=tuple(scope["client"]) if scope.get("client") else None,
         )
         self.requests.append(request)
         await self._route(request, receive, send)

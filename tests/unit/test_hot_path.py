@@ -1,0 +1,104 @@
+"""Regression guards for the hot path that count work instead of timing it."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import pytest
+
+from ollama_smart_proxy import Settings, SmartProxy, _streaming, schemas
+from ollama_smart_proxy._aiohttp import AiohttpTransport
+from ollama_smart_proxy.testing import FakeOllama, serve_in_thread
+
+pytestmark = pytest.mark.anyio
+
+CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "one two three four"}]}
+
+
+class Counter:
+    def __init__(self, target: Any) -> None:
+        self.target = target
+        self.calls = 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        return self.target(*args, **kwargs)
+
+
+@pytest.fixture
+def decodes(monkeypatch: pytest.MonkeyPatch) -> Counter:
+    counter = Counter(json.loads)
+    monkeypatch.setattr(_streaming, "json", SimpleNamespace(loads=counter, dumps=json.dumps))
+    return counter
+
+
+@pytest.fixture
+def writers(monkeypatch: pytest.MonkeyPatch) -> Counter:
+    counter = Counter(_streaming.ResponseWriter)
+    monkeypatch.setattr("ollama_smart_proxy.upstream.ResponseWriter", counter)
+    return counter
+
+
+async def test_native_stream_is_not_decoded(
+    client: httpx.AsyncClient, decodes: Counter, writers: Counter
+) -> None:
+    response = await client.post("/api/chat", json=CHAT)
+    assert len(response.content.splitlines()) == 5
+    assert writers.calls == 0
+    assert decodes.calls == 0
+
+
+async def test_translated_stream_decodes_each_line_once(
+    client: httpx.AsyncClient, decodes: Counter
+) -> None:
+    response = await client.post("/v1/chat/completions", json={**CHAT, "stream": True})
+    assert response.text.count("data: ") == 6  # 4 tokens, finish, [DONE]
+    assert decodes.calls == 5  # 4 token lines + the final line, once each
+
+
+async def test_request_body_is_parsed_once(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counter = Counter(schemas.ChatRequest.model_validate_json)
+    monkeypatch.setattr(schemas.ChatRequest, "model_validate_json", counter)
+    dumps = Counter(schemas.dump_request)
+    monkeypatch.setattr("ollama_smart_proxy.exchange.dump_request", dumps)
+    await client.post("/api/chat", json={**CHAT, "stream": False})
+    assert counter.calls == 1
+    assert dumps.calls == 1
+
+
+def test_one_upstream_connection_for_sequential_requests() -> None:
+    fake = FakeOllama()
+    with (
+        serve_in_thread(fake) as upstream,
+        serve_in_thread(SmartProxy(Settings(upstream=upstream))) as url,
+    ):
+        with httpx.Client(base_url=url) as client:
+            for _ in range(20):
+                assert client.post("/api/chat", json={**CHAT, "stream": False}).status_code == 200
+                assert client.get("/api/tags").status_code == 200
+    assert len(fake.requests) == 40  # one upstream request per client request
+    assert len({request.client for request in fake.requests}) == 1  # one kept-alive connection
+
+
+async def test_pool_is_sized_from_settings_not_httpx_default() -> None:
+    proxy = SmartProxy(Settings(upstream_max_connections=777))
+    transport = proxy.upstream.client._transport
+    assert isinstance(transport, AiohttpTransport)
+    assert transport.limits.max_connections == 777
+    await proxy.aclose()
+    proxy = SmartProxy(Settings(upstream_max_connections=555, upstream_transport="httpx"))
+    pool = proxy.upstream.client._transport._pool  # type: ignore[attr-defined]
+    assert pool._max_connections == 555
+    await proxy.aclose()
+
+
+def test_sniffio_is_installed() -> None:
+    # httpcore retries a failing `import sniffio` on every request without it (+1.2 ms each)
+    import sniffio
+
+    assert sniffio.current_async_library

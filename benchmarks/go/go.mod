@@ -1,0 +1,3 @@
+module ollamasmartproxy/benchmarks
+
+go 1.19

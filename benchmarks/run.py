@@ -296,6 +296,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a few seconds, smaller loads")
     parser.add_argument("--out", type=Path, default=None, help="JSON output (default: results/)")
     parser.add_argument("--proxy-args", default="", help="extra launcher flags")
+    parser.add_argument("--only", action="append", default=[], help="run only these scenarios")
     parser.add_argument(
         "--impl", choices=["auto", "go", "python"], default="auto",
         help="fake upstream and load generator: Go (fast; needs a Go toolchain) or Python",
@@ -334,6 +335,8 @@ def main() -> int:
         idle = rss_mib(pid)
         rows = []
         for scenario in scenarios(args.quick):
+            if args.only and scenario.key not in args.only:
+                continue
             row = measure(scenario, upstream, proxy, pid)
             rows.append(row)
             print(

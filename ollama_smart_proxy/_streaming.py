@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from ._ndjson import DEFAULT_MAX_LINE_BYTES, LineSplitter
-from .encoders import Chunk
+from .encoders import Chunk, loads
 from .errors import error_body
 from .exchange import Exchange
 from .types import Message, Receive, Send
@@ -115,7 +115,7 @@ class ResponseWriter:
         chunks: list[Chunk] = []
         for line in lines:
             try:
-                chunk = json.loads(line)
+                chunk = loads(line)
             except ValueError:
                 await self._flush(chunks)
                 await self.fail(f"upstream sent a line that is not JSON: {line[:200]!r}")

@@ -20,9 +20,28 @@ def now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+try:  # orjson (in the ``server`` extra) is 3-5x faster on the per-chunk path
+    import orjson
+except ImportError:  # pragma: no cover - exercised where orjson is not installed
+    orjson = None  # type: ignore[assignment]
+
+
+def _std_dumps(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 def dumps(value: Any) -> bytes:
     """Compact JSON, UTF-8, no ASCII escaping: the proxy's one serialiser."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    if orjson is not None:
+        try:
+            return orjson.dumps(value)
+        except TypeError:  # integers past 64 bits, exotic keys: the standard library copes
+            pass
+    return _std_dumps(value)
+
+
+#: The proxy's one parser (raises ``ValueError`` on bad JSON, as ``json.loads`` does).
+loads = orjson.loads if orjson is not None else json.loads
 
 
 def merge_chunks(chunks: list[Chunk]) -> Chunk:

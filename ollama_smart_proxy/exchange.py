@@ -52,6 +52,11 @@ class Exchange:
     state: dict[str, Any] = field(default_factory=dict)
     #: Set by the layer that runs the response pipeline, so no outer layer runs it again.
     response_handled: bool = False
+    #: The body as the client sent it, when it was native: sent upstream as it is unless a
+    #: layer changed the request. A layer that changes ``request`` outside an agent hook
+    #: sets ``changed`` (agents that run and the command parser do it for you).
+    raw: bytes | None = field(default=None, repr=False)
+    changed: bool = False
     _body: bytes | None = field(default=None, init=False, repr=False)
 
     @property
@@ -64,8 +69,12 @@ class Exchange:
         return self.encoder
 
     def body(self) -> bytes:
-        """The request serialised, as it goes upstream (call it once every layer is done)."""
-        self._body = dump_request(self.request)
+        """The request as it goes upstream (call it once every layer is done): the client's
+        own bytes when nothing changed, else the request serialised once."""
+        if self.raw is not None and not self.changed:
+            self._body = self.raw
+        else:
+            self._body = dump_request(self.request)
         return self._body
 
 
@@ -119,7 +128,7 @@ async def parse_exchange(
 ) -> Exchange:
     """Read and parse a native body into a new exchange (raises ``RequestError``)."""
     body = await read_body(scope, receive, max_bytes)
-    return Exchange(kind=kind, request=parse_request(kind, body))
+    return Exchange(kind=kind, request=parse_request(kind, body), raw=body)
 
 
 MAX_NATIVE_ANSWER = 16 * 1024 * 1024

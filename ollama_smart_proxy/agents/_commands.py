@@ -96,17 +96,28 @@ def prepare(
     history order. Command text is removed from every user message; a command-only message
     and the assistant acknowledgement after it are dropped; ``/clear`` drops what came before.
     """
+    current, replays, _ = prepare_request(request, prefix, commands)
+    return current, replays
+
+
+def prepare_request(
+    request: ChatRequest | GenerateRequest,
+    prefix: str,
+    commands: Mapping[str, CommandSpec],
+) -> tuple[SlashCall | None, list[SlashCall], bool]:
+    """:func:`prepare`, also saying whether the request was changed."""
     if isinstance(request, GenerateRequest):
         call = parse(request.prompt or "", prefix, commands)
         if call is not None:
             request.prompt = call.prompt
-        return call, []
+        return call, [], call is not None
     messages = request.messages or []
     last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=-1)
     if last_user < 0:
-        return None, []
+        return None, [], False
     kept: list[Message] = []
     replays: list[SlashCall] = []
+    touched = False
     skip_ack = False
     current: SlashCall | None = None
     for index, message in enumerate(messages):
@@ -121,6 +132,7 @@ def prepare(
         if call is None:
             kept.append(message)
             continue
+        touched = True
         if index == last_user:
             current = call
         elif call.name == "clear":
@@ -137,5 +149,6 @@ def prepare(
     if current is not None and current.name == "clear":
         kept = [m for m in kept if m.role == "system" or m is messages[last_user]]
         replays = []
-    request.messages = kept
-    return current, replays
+    if touched:
+        request.messages = kept
+    return current, replays, touched

@@ -15,7 +15,7 @@ from ..errors import ProxyError, RequestError, dialect_for_path, send_proxy_erro
 from ..exchange import Exchange, call_native, call_with_exchange, get_exchange, read_body
 from ..schemas import ChatRequest, GenerateRequest, NativeRequest, parse_request
 from ..types import ASGIApp, Receive, Scope, Send
-from ._commands import CommandSpec, SlashCall, prepare, split_words
+from ._commands import CommandSpec, SlashCall, prepare_request, split_words
 
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
 _KINDS = {"/api/chat": "chat", "/api/generate": "generate"}
@@ -220,6 +220,7 @@ class Agent:
         if call is None and not replays and self.activation != "always":
             await self.app(scope, receive, send)
             return
+        exchange.changed = True  # the hooks may change the request in place
         handler = copy.copy(self)
         handler.exchange = exchange
         handler._scope = scope
@@ -260,7 +261,9 @@ def prepare_commands(exchange: Exchange, prefix: str, words: dict[str, CommandSp
     state["commands"].update(new)
     if not isinstance(exchange.request, ChatRequest | GenerateRequest):
         return
-    current, replays = prepare(exchange.request, prefix, new)
+    current, replays, touched = prepare_request(exchange.request, prefix, new)
+    if touched:
+        exchange.changed = True
     if state["current"] is None:
         state["current"] = current
     state["replays"].extend(replays)

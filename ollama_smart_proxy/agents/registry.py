@@ -188,14 +188,22 @@ class AgentRegistry:
 
     def build(self, app: ASGIApp, settings: Settings) -> ASGIApp:
         """Wrap ``app`` in every enabled agent, outermost first, under one command parser."""
+        stack = app
         for spec in reversed(self.ordered()):
-            app = spec.cls(
-                app,
+            stack = spec.cls(
+                stack,
                 prefix=settings.command_prefix,
                 max_body_bytes=settings.max_body_bytes,
                 **spec.options,
             )
-        return CommandParser(app, self.words(), self.listing(), settings.command_prefix)
+        always = any(spec.cls.activation == "always" for spec in self.ordered())
+        return CommandParser(
+            stack,
+            self.words(),
+            self.listing(),
+            settings.command_prefix,
+            app if not always else None,
+        )
 
     def describe(self) -> dict[str, Any]:
         order = {spec.name: index for index, spec in enumerate(self.ordered())}
@@ -215,17 +223,25 @@ class CommandParser:
         words: dict[str, CommandSpec],
         listing: list[tuple[str, str, str]],
         prefix: str,
+        terminal: ASGIApp | None = None,
     ) -> None:
         self.app = app
         self.words = words
         self.listing = listing
         self.prefix = prefix
+        #: The app under every agent, when no agent is always on: a request with no command
+        #: goes straight there instead of through layers that would all pass it on.
+        self.terminal = terminal
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         exchange = get_exchange(scope)
         if exchange is not None and exchange.kind in ("chat", "generate"):
             exchange.state["agents"] = self.listing
             prepare_commands(exchange, self.prefix, self.words)
+            state = exchange.state["ollama_smart_proxy.commands"]
+            if self.terminal is not None and state["current"] is None and not state["replays"]:
+                await self.terminal(scope, receive, send)
+                return
         await self.app(scope, receive, send)
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -30,8 +28,8 @@ class Counter:
 
 @pytest.fixture
 def decodes(monkeypatch: pytest.MonkeyPatch) -> Counter:
-    counter = Counter(json.loads)
-    monkeypatch.setattr(_streaming, "json", SimpleNamespace(loads=counter, dumps=json.dumps))
+    counter = Counter(_streaming.loads)
+    monkeypatch.setattr(_streaming, "loads", counter)
     return counter
 
 
@@ -68,7 +66,12 @@ async def test_request_body_is_parsed_once(
     monkeypatch.setattr("ollama_smart_proxy.exchange.dump_request", dumps)
     await client.post("/api/chat", json={**CHAT, "stream": False})
     assert counter.calls == 1
-    assert dumps.calls == 1
+    assert dumps.calls == 0  # unchanged: the client's own bytes go upstream
+    await client.post(
+        "/api/chat", json={**CHAT, "messages": [{"role": "user", "content": "/set think hi"}]}
+    )
+    assert counter.calls == 2
+    assert dumps.calls == 1  # changed by a command: serialised once
 
 
 def test_one_upstream_connection_for_sequential_requests() -> None:

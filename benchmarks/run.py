@@ -302,7 +302,7 @@ def main() -> int:
         help="fake upstream and load generator: Go (fast; needs a Go toolchain) or Python",
     )  # fmt: skip
     parser.add_argument(
-        "--transport", choices=["aiohttp", "httpx"], default=None,
+        "--transport", choices=["http11", "aiohttp", "httpx"], default=None,
         help="the proxy's upstream transport (OSP_UPSTREAM_TRANSPORT); default: the proxy's",
     )  # fmt: skip
     args = parser.parse_args()

@@ -143,9 +143,12 @@ class Settings(BaseSettings):
     upstream_max_connections: int = Field(
         1024, gt=0, description="Size of the connection pool to Ollama."
     )
-    upstream_transport: Literal["aiohttp", "httpx"] = Field(
-        "aiohttp",
-        description="Connection pool under the httpx client: aiohttp's (fast) or httpcore's.",
+    upstream_transport: Literal["http11", "aiohttp", "httpx"] = Field(
+        "http11",
+        description=(
+            "Transport under the httpx client: the proxy's own lean HTTP/1.1 pool (plain "
+            "http; https upstreams use aiohttp), aiohttp's, or httpcore's."
+        ),
     )
     max_line_bytes: int = Field(
         16 * 1024 * 1024, gt=0, description="Longest NDJSON line accepted from Ollama."

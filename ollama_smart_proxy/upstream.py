@@ -11,6 +11,7 @@ import httpx
 from starlette._utils import get_route_path
 
 from ._aiohttp import AiohttpTransport
+from ._http11 import HTTP11Transport
 from ._streaming import HOP_BY_HOP, ResponseWriter, response_headers, run_until_disconnect
 from .errors import (
     ProxyError,
@@ -54,7 +55,9 @@ def upstream_timeout(settings: Settings) -> httpx.Timeout:
 def create_transport(settings: Settings) -> httpx.AsyncBaseTransport:
     """The transport chosen by ``upstream_transport``: aiohttp's pool (default) or httpcore's."""
     limits = upstream_limits(settings)
-    if settings.upstream_transport == "aiohttp":
+    if settings.upstream_transport == "http11" and settings.upstream.startswith("http://"):
+        return HTTP11Transport(limits=limits)
+    if settings.upstream_transport in ("aiohttp", "http11"):
         return AiohttpTransport(limits=limits)
     return httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
 

@@ -9,6 +9,7 @@ import pytest
 
 from ollama_smart_proxy import Settings, SmartProxy, _streaming, schemas
 from ollama_smart_proxy._aiohttp import AiohttpTransport
+from ollama_smart_proxy._http11 import HTTP11Transport
 from ollama_smart_proxy.testing import FakeOllama, serve_in_thread
 
 pytestmark = pytest.mark.anyio
@@ -91,8 +92,13 @@ def test_one_upstream_connection_for_sequential_requests() -> None:
 async def test_pool_is_sized_from_settings_not_httpx_default() -> None:
     proxy = SmartProxy(Settings(upstream_max_connections=777))
     transport = proxy.upstream.client._transport
-    assert isinstance(transport, AiohttpTransport)
+    assert isinstance(transport, HTTP11Transport)
     assert transport.limits.max_connections == 777
+    await proxy.aclose()
+    proxy = SmartProxy(Settings(upstream_max_connections=666, upstream_transport="aiohttp"))
+    transport = proxy.upstream.client._transport
+    assert isinstance(transport, AiohttpTransport)
+    assert transport.limits.max_connections == 666
     await proxy.aclose()
     proxy = SmartProxy(Settings(upstream_max_connections=555, upstream_transport="httpx"))
     pool = proxy.upstream.client._transport._pool  # type: ignore[attr-defined]

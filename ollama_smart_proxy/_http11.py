@@ -58,6 +58,8 @@ class _Connection(asyncio.Protocol):
         self.keep_alive = True
         self.paused = False
         self.last_activity = self.loop.time()
+        self.watchdog: asyncio.TimerHandle | None = None
+        self.idle_limit = 0.0
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
@@ -66,6 +68,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._stop_watchdog()
         self.pool.forget(self)
         if not self.done:
             if self.framing == "close" and self.head is not None and exc is None:
@@ -255,27 +258,37 @@ class _Connection(asyncio.Protocol):
             await self._wait(self.body_waiter, idle)
 
     async def _wait(self, waiter: asyncio.Future[None], idle: float | None) -> None:
-        if idle is None:
-            await waiter
-            return
-        # One timer per wait, checked against the last byte seen when it fires.
-        handle = self.loop.call_at(self.last_activity + idle, self._check_idle, waiter, idle)
-        try:
-            await waiter
-        finally:
-            handle.cancel()
+        if idle is not None and self.watchdog is None:
+            # One timer per request, not per chunk: when it fires it looks at the last byte
+            # seen and either times the wait out or sets itself again.
+            self.idle_limit = idle
+            self.watchdog = self.loop.call_at(self.last_activity + idle, self._check_idle)
+        await waiter
 
-    def _check_idle(self, waiter: asyncio.Future[None], timeout: float) -> None:
-        if waiter.done():
+    def _check_idle(self) -> None:
+        self.watchdog = None
+        waiter = self.body_waiter if self.head is not None else self.head_waiter
+        if self.done or waiter is None or waiter.done():
+            if not self.done:  # a chunk is being handled: look again later
+                self.watchdog = self.loop.call_at(
+                    self.last_activity + self.idle_limit, self._check_idle
+                )
             return
-        idle = self.loop.time() - self.last_activity
-        if idle >= timeout:
-            waiter.set_exception(_Timeout(f"Ollama sent nothing for {timeout:g}s"))
+        if self.loop.time() - self.last_activity >= self.idle_limit:
+            waiter.set_exception(_Timeout(f"Ollama sent nothing for {self.idle_limit:g}s"))
         else:
-            self.loop.call_at(self.last_activity + timeout, self._check_idle, waiter, timeout)
+            self.watchdog = self.loop.call_at(
+                self.last_activity + self.idle_limit, self._check_idle
+            )
+
+    def _stop_watchdog(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+            self.watchdog = None
 
     def release(self) -> None:
         """Give the connection back to the pool, or close it if it cannot be reused."""
+        self._stop_watchdog()
         reusable = self.done and self.error is None and self.keep_alive and not self.closed
         if reusable and not self.body:
             self._reset()
@@ -285,6 +298,7 @@ class _Connection(asyncio.Protocol):
             self.close()
 
     def close(self) -> None:
+        self._stop_watchdog()
         self.keep_alive = False
         if self.transport is not None and not self.closed:
             self.transport.close()

@@ -241,13 +241,20 @@ async def _apply(transform: Any, chunks: list[Chunk]) -> list[Chunk]:
     return out
 
 
-async def run_until_disconnect(receive: Receive, func: Callable[[], Awaitable[None]]) -> bool:
+async def run_until_disconnect(
+    receive: Receive,
+    func: Callable[[], Awaitable[None]],
+    finished: Callable[[], bool] = lambda: False,
+) -> bool:
     """Run ``func``, cancelling it as soon as the client disconnects.
 
     Returns ``True`` if the client left. ``receive`` must have no body left to deliver
     (``http.request`` messages are skipped). ``func`` runs in a task of its own that a
     watcher task cancels on ``http.disconnect``: two plain asyncio tasks cost ~17 µs a
-    request, an anyio task group ~100 µs (measured; see docs/performance.md).
+    request, an anyio task group ~100 µs (measured; see docs/performance.md). Once
+    ``finished()`` is true (the last byte went to the client) a disconnect no longer
+    cancels: servers report one as soon as the response is complete, and the upstream
+    connection must then be released for reuse, not dropped.
     """
     inner = asyncio.ensure_future(func())
     left = False
@@ -257,7 +264,7 @@ async def run_until_disconnect(receive: Receive, func: Callable[[], Awaitable[No
         while True:
             message: Message = await receive()
             if message["type"] == "http.disconnect":
-                if not inner.done():
+                if not inner.done() and not finished():
                     left = True
                     inner.cancel()
                 return

@@ -193,7 +193,11 @@ class OllamaUpstream:
 
         try:
             if isinstance(content, bytes):
-                left = await run_until_disconnect(receive, forward)
+                left = await run_until_disconnect(
+                    receive,
+                    forward,
+                    lambda: state.finished or (writer is not None and writer.finished),
+                )
             else:
                 left = False
                 await forward()

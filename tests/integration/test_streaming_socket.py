@@ -121,3 +121,26 @@ def test_upstream_down_is_502_and_health_503() -> None:
         assert health.status_code == 503
         assert health.json()["status"] == "unavailable"
         assert "cannot reach Ollama" in health.json()["reason"]
+
+
+def test_upstream_stalling_mid_stream_ends_with_error_line(fake_url: str, fake: FakeOllama) -> None:
+    fake.script(FakeReply(content="a b c", delay=1.5))
+    with serve_in_thread(SmartProxy(Settings(upstream=fake_url, upstream_timeout=0.3))) as url:
+        started = time.monotonic()
+        response = httpx.post(url + "/api/chat", json=CHAT, timeout=10)
+        chunks = [json.loads(line) for line in response.content.splitlines()]
+    assert chunks[0]["message"]["content"] == "a"
+    assert chunks[-1] == {"error": "Ollama sent nothing for 0.3s; the stream was closed"}
+    assert time.monotonic() - started < 1.4
+
+
+@pytest.mark.parametrize("transport", ["http11", "aiohttp", "httpx"])
+def test_every_upstream_transport_streams_and_reuses(fake_url: str, fake: FakeOllama, transport: str) -> None:
+    settings = Settings(upstream=fake_url, upstream_transport=transport)  # type: ignore[arg-type]
+    with serve_in_thread(SmartProxy(settings)) as url, httpx.Client(base_url=url) as client:
+        for _ in range(3):
+            lines = client.post("/api/chat", json=CHAT).content.splitlines()
+            assert json.loads(lines[-1])["done"] is True
+            assert client.get("/api/tags").json()["models"]
+        assert client.post("/api/chat", json={**CHAT, "model": "nope"}).status_code == 404
+    assert len({r.client for r in fake.requests}) == 1

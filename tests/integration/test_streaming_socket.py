@@ -135,7 +135,9 @@ def test_upstream_stalling_mid_stream_ends_with_error_line(fake_url: str, fake: 
 
 
 @pytest.mark.parametrize("transport", ["http11", "aiohttp", "httpx"])
-def test_every_upstream_transport_streams_and_reuses(fake_url: str, fake: FakeOllama, transport: str) -> None:
+def test_every_upstream_transport_streams_and_reuses(
+    fake_url: str, fake: FakeOllama, transport: str
+) -> None:
     settings = Settings(upstream=fake_url, upstream_transport=transport)  # type: ignore[arg-type]
     with serve_in_thread(SmartProxy(settings)) as url, httpx.Client(base_url=url) as client:
         for _ in range(3):

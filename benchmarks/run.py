@@ -187,8 +187,19 @@ def throughput(run: dict[str, Any]) -> float:
     return float(run["window_lines_per_s"]) / per_request if per_request else 0.0
 
 
-def measure(scenario: Scenario, upstream: int, proxy: int, proxy_pid: int) -> dict[str, Any]:
+def warm_up(url: str, scenario: Scenario, seconds: float) -> None:
+    """Open the connections (client -> proxy -> upstream) before measuring."""
+    if seconds > 0:
+        loadgen(url, Scenario("warm-up", "", scenario.concurrency, scenario.body, scenario.tokens,
+                              scenario.delay_ms, duration=seconds))  # fmt: skip
+
+
+def measure(
+    scenario: Scenario, upstream: int, proxy: int, proxy_pid: int, warmup: float = 0.0
+) -> dict[str, Any]:
+    warm_up(f"http://127.0.0.1:{upstream}/api/chat", scenario, warmup)
     direct = loadgen(f"http://127.0.0.1:{upstream}/api/chat", scenario)
+    warm_up(f"http://127.0.0.1:{proxy}{scenario.proxy_path}", scenario, warmup)
     peak = [rss_mib(proxy_pid)]
     stop = threading.Event()
 
@@ -257,7 +268,8 @@ def plot(results: dict[str, Any], path: Path) -> bool:
         label="TTFB p99 added",
     )
     right.set_xticks(list(xs), labels)
-    right.set_title("time to first byte added by the proxy (ms)")
+    right.set_title("time to first byte added by the proxy (ms, log scale)")
+    right.set_yscale("symlog", linthresh=1)
     right.legend()
     for axis in (left, right):
         axis.tick_params(axis="x", labelrotation=30)
@@ -337,7 +349,7 @@ def main() -> int:
         for scenario in scenarios(args.quick):
             if args.only and scenario.key not in args.only:
                 continue
-            row = measure(scenario, upstream, proxy, pid)
+            row = measure(scenario, upstream, proxy, pid, 0.0 if args.quick else 2.0)
             rows.append(row)
             print(
                 f"{row['key']:<14} ratio {row['ratio_req_per_s']:.3f}  "

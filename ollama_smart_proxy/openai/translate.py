@@ -378,6 +378,27 @@ def _stream(body: dict[str, Any]) -> tuple[bool, bool]:
     return stream, bool(options.get("include_usage"))
 
 
+_SAMPLING = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "frequency_penalty": "frequency_penalty",
+    "presence_penalty": "presence_penalty",
+}
+
+
+def _sampling(body: dict[str, Any], native: dict[str, Any]) -> ChatOptions:
+    """What chat and completions share: ``stream``, ``options`` and ``think``."""
+    stream, include_usage = _stream(body)
+    native["stream"] = stream
+    options = _options(body, _SAMPLING)
+    if options:
+        native["options"] = options
+    think = _think(body)
+    if think is not None:
+        native["think"] = think
+    return ChatOptions(str(body.get("model") or ""), stream, include_usage)
+
+
 def chat_request(
     body: dict[str, Any], unsupported: Unsupported = "error"
 ) -> tuple[ChatRequest, ChatOptions]:
@@ -385,30 +406,15 @@ def chat_request(
     _unsupported(body, unsupported, _CHAT_UNSUPPORTED)
     native = _common(body)
     native["messages"] = _messages(body.get("messages"))
-    stream, include_usage = _stream(body)
-    native["stream"] = stream
-    options = _options(
-        body,
-        {
-            "temperature": "temperature",
-            "top_p": "top_p",
-            "frequency_penalty": "frequency_penalty",
-            "presence_penalty": "presence_penalty",
-        },
-    )
-    if options:
-        native["options"] = options
+    options = _sampling(body, native)
     fmt = _format(body)
     if fmt is not None:
         native["format"] = fmt
     tools = _tools(body)
     if tools:
         native["tools"] = tools
-    think = _think(body)
-    if think is not None:
-        native["think"] = think
     request = ChatRequest.model_validate(native)
-    return request, ChatOptions(str(body.get("model") or ""), stream, include_usage)
+    return request, options
 
 
 _COMPLETION_UNSUPPORTED = {
@@ -434,24 +440,9 @@ def completion_request(
     native["prompt"] = prompt
     if body.get("suffix") is not None:
         native["suffix"] = _expect(body["suffix"], str, "suffix", "a string")
-    stream, include_usage = _stream(body)
-    native["stream"] = stream
-    options = _options(
-        body,
-        {
-            "temperature": "temperature",
-            "top_p": "top_p",
-            "frequency_penalty": "frequency_penalty",
-            "presence_penalty": "presence_penalty",
-        },
-    )
-    if options:
-        native["options"] = options
-    think = _think(body)
-    if think is not None:
-        native["think"] = think
+    options = _sampling(body, native)
     request = GenerateRequest.model_validate(native)
-    return request, ChatOptions(str(body.get("model") or ""), stream, include_usage)
+    return request, options
 
 
 def embedding_request(body: dict[str, Any]) -> tuple[EmbedRequest, str, str]:

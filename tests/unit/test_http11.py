@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Iterator
 
 import pytest
@@ -25,7 +26,7 @@ def connection(loop: asyncio.AbstractEventLoop) -> _Connection:
 
 def feed(conn: _Connection, data: bytes, cuts: list[int]) -> bytes:
     points = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
-    for start, end in zip(points, points[1:], strict=False):
+    for start, end in itertools.pairwise(points):
         conn.data_received(data[start:end])
     return b"".join(conn.body)
 

@@ -13,7 +13,7 @@ from . import health
 from ._logging import AccessLogMiddleware, get_context
 from .agents import Agent, AgentRegistry
 from .errors import ProxyError, dialect_for_path, send_error, send_proxy_error
-from .exchange import call_with_exchange, get_exchange, parse_exchange
+from .exchange import ClientDisconnected, call_with_exchange, get_exchange, parse_exchange
 from .openai import OpenAICompat
 from .openai.middleware import openai_route
 from .settings import Settings
@@ -105,6 +105,8 @@ class SmartProxy:
         context = get_context(scope)
         try:
             await self._dispatch(path, method, scope, receive, send)
+        except ClientDisconnected:
+            return  # gone before its body was read: nobody to answer
         except ProxyError as exc:
             if context is None or context.status:
                 raise

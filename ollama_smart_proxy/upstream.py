@@ -20,7 +20,7 @@ from .errors import (
     dialect_for_path,
     send_proxy_error,
 )
-from .exchange import get_exchange, read_body
+from .exchange import ClientDisconnected, get_exchange, read_body
 from .settings import Settings
 from .types import Receive, Scope, Send
 
@@ -160,6 +160,8 @@ class OllamaUpstream:
                 content = _stream_body(receive)
             else:
                 content = await read_body(scope, receive, self.settings.max_body_bytes)
+        except ClientDisconnected:
+            return
         except ProxyError as exc:
             await send_proxy_error(send, dialect, exc)
             return

@@ -12,7 +12,14 @@ from starlette._utils import get_route_path
 from .._streaming import ResponseWriter
 from ..encoders import Chunk, dumps, now_rfc3339
 from ..errors import ProxyError, RequestError, dialect_for_path, send_proxy_error
-from ..exchange import Exchange, call_native, call_with_exchange, get_exchange, read_body
+from ..exchange import (
+    ClientDisconnected,
+    Exchange,
+    call_native,
+    call_with_exchange,
+    get_exchange,
+    read_body,
+)
 from ..schemas import ChatRequest, GenerateRequest, NativeRequest, parse_request
 from ..types import ASGIApp, Receive, Scope, Send
 from ._commands import CommandSpec, SlashCall, prepare_request, split_words
@@ -196,10 +203,12 @@ class Agent:
             try:
                 body = await read_body(scope, receive, self.max_body_bytes)
                 request = parse_request(kind, body)
+            except ClientDisconnected:
+                return
             except ProxyError as exc:
                 await send_proxy_error(send, dialect_for_path(path), exc)
                 return
-            exchange = Exchange(kind, request)  # type: ignore[arg-type]
+            exchange = Exchange(kind, request, raw=body)  # type: ignore[arg-type]
             await call_with_exchange(self._handle, scope, receive, send, exchange, path)
             return
         if exchange.kind not in ("chat", "generate"):

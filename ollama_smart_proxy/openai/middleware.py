@@ -9,7 +9,7 @@ from starlette._utils import get_route_path
 
 from ..encoders import dumps
 from ..errors import ProxyError, send_error, send_proxy_error
-from ..exchange import Exchange, call_native, call_with_exchange, read_body
+from ..exchange import ClientDisconnected, Exchange, call_native, call_with_exchange, read_body
 from ..settings import Settings
 from ..types import ASGIApp, Receive, Scope, Send
 from .encoders import (
@@ -78,6 +78,8 @@ class OpenAICompat:
                 raise ProxyError(f"{method} is not allowed on {path}; use POST", status_code=405)
             body = await self._read_json(scope, receive)
             exchange, native_path = self._translate(route, body)
+        except ClientDisconnected:
+            return
         except ProxyError as exc:
             await send_proxy_error(send, "openai", exc)
             return

@@ -318,8 +318,9 @@ class FakeOllama:
             loaded.append(entry)
         await _json(send, 200, {"models": loaded})
 
-    async def _show(self, data: dict[str, Any], *_: Any) -> None:
-        send = _[-1]
+    async def _show(
+        self, data: dict[str, Any], request: RecordedRequest, receive: Receive, send: Send
+    ) -> None:
         name = data.get("model") or data.get("name") or ""
         if not name:
             await _json(send, 400, {"error": "model is required"})
@@ -346,8 +347,9 @@ class FakeOllama:
             },
         )
 
-    async def _delete(self, data: dict[str, Any], *_: Any) -> None:
-        send = _[-1]
+    async def _delete(
+        self, data: dict[str, Any], request: RecordedRequest, receive: Receive, send: Send
+    ) -> None:
         name = data.get("model") or data.get("name") or ""
         model = self.find(name)
         if model is None:
@@ -357,8 +359,9 @@ class FakeOllama:
         self.loaded.pop(model.name, None)
         await _empty(send)
 
-    async def _copy(self, data: dict[str, Any], *_: Any) -> None:
-        send = _[-1]
+    async def _copy(
+        self, data: dict[str, Any], request: RecordedRequest, receive: Receive, send: Send
+    ) -> None:
         source, destination = data.get("source") or "", data.get("destination") or ""
         if not destination:
             await _json(send, 400, {"error": f'destination "{destination}" is invalid'})
@@ -430,8 +433,9 @@ class FakeOllama:
             vector = [x / norm for x in vector]
         return vector
 
-    async def _embed(self, data: dict[str, Any], *_: Any) -> None:
-        send = _[-1]
+    async def _embed(
+        self, data: dict[str, Any], request: RecordedRequest, receive: Receive, send: Send
+    ) -> None:
         name = data.get("model") or ""
         model = self.find(name)
         if not name:
@@ -470,8 +474,9 @@ class FakeOllama:
             },
         )
 
-    async def _embeddings(self, data: dict[str, Any], *_: Any) -> None:
-        send = _[-1]
+    async def _embeddings(
+        self, data: dict[str, Any], request: RecordedRequest, receive: Receive, send: Send
+    ) -> None:
         name = data.get("model") or ""
         if not name:
             await _json(send, 400, {"error": "model is required"})

@@ -334,3 +334,22 @@ async def test_unknown_path_is_404_json(client: httpx.AsyncClient) -> None:
     response = await client.get("/v1/nothing")
     assert response.status_code == 404
     assert response.json()["error"]["type"] == "not_found_error"
+
+
+async def test_client_gone_before_body_is_quiet(
+    fake: FakeOllama, caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy = SmartProxy(client=upstream_client(fake))
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    for path in ("/api/chat", "/api/show", "/v1/chat/completions"):
+        await proxy(_scope("POST", path), receive, send)
+    assert sent == []
+    assert fake.requests == []
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]

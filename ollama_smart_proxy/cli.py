@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -39,6 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--log-format", choices=["text", "json"], help="log format (OSP_LOG_FORMAT, default text)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="worker processes (default 1); each has its own upstream pool",
     )
     parser.add_argument(
         "--demo",
@@ -107,8 +115,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"ollama-smart-proxy {__version__} listening on http://{settings.host}:{settings.port}")
     print(f"  upstream: {upstream}")
     print(f"  agents:   {agents}", flush=True)
+    if args.workers < 1:
+        print("ollama-smart-proxy: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if args.workers > 1:
+        # Worker processes build their own app from the environment: hand them the settings.
+        os.environ[_SETTINGS_ENV] = settings.model_dump_json()
+        os.environ[_DEMO_ENV] = "1" if args.demo else ""
+        print(f"  workers:  {args.workers}", flush=True)
     uvicorn.run(
-        app,
+        "ollama_smart_proxy.cli:create_app" if args.workers > 1 else app,
+        factory=args.workers > 1,
+        workers=args.workers if args.workers > 1 else None,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
@@ -117,3 +135,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         server_header=False,
     )
     return 0
+
+
+_SETTINGS_ENV = "OLLAMA_SMART_PROXY_WORKER_SETTINGS"
+_DEMO_ENV = "OLLAMA_SMART_PROXY_WORKER_DEMO"
+
+
+def create_app() -> Any:
+    """The app of one worker process under ``--workers N`` (settings from the launcher)."""
+    settings = Settings.model_validate_json(os.environ[_SETTINGS_ENV])
+    configure_logging(settings.log_format, settings.log_level)
+    return build_app(settings, demo=bool(os.environ.get(_DEMO_ENV)))

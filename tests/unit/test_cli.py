@@ -40,11 +40,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_demo_serves_without_ollama() -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_demo_serves_without_ollama(workers: int) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("OSP_")}
     process = subprocess.Popen(
-        [sys.executable, "-m", "ollama_smart_proxy", "--demo", "--port", str(port)],
+        [
+            sys.executable, "-m", "ollama_smart_proxy", "--demo", "--port", str(port),
+            "--workers", str(workers),
+        ],  # fmt: skip
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -76,4 +80,6 @@ def test_demo_serves_without_ollama() -> None:
         output, _ = process.communicate(timeout=10)
     assert f"listening on http://127.0.0.1:{port}" in output
     assert "upstream: in-process FakeOllama (--demo)" in output
-    assert "agents:" in output
+    assert "agents:   help, clear, set, load, show" in output
+    if workers > 1:
+        assert f"workers:  {workers}" in output

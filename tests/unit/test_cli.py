@@ -44,11 +44,9 @@ def free_port() -> int:
 def test_demo_serves_without_ollama(workers: int) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("OSP_")}
+    command = [sys.executable, "-m", "ollama_smart_proxy", "--demo", "--port", str(port)]
     process = subprocess.Popen(
-        [
-            sys.executable, "-m", "ollama_smart_proxy", "--demo", "--port", str(port),
-            "--workers", str(workers),
-        ],  # fmt: skip
+        [*command, "--workers", str(workers)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

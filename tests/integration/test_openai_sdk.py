@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from ollama_smart_proxy import Settings, SmartProxy
-from ollama_smart_proxy.testing import FakeOllama, FakeReply, serve_in_thread
+from ollama_smart_proxy.testing import FakeModel, FakeOllama, FakeReply, serve_in_thread
 
 IMG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNk+A8AAQUBAScY42YAAAAASUVORK5CYII="
 USER = [{"role": "user", "content": "say hello world"}]
@@ -270,3 +270,26 @@ async def test_async_sdk(proxy_url: str, fake: FakeOllama) -> None:
         assert len(embedded.data) == 2
         models = await client.models.list()
         assert models.data
+
+
+def test_models_with_slashes_and_embedding_errors(client: openai.OpenAI, fake: FakeOllama) -> None:
+    fake.models["user/coder:7b"] = FakeModel("user/coder:7b")
+    assert client.models.retrieve("user/coder:7b").owned_by == "user"
+    assert "user/coder:7b" in [m.id for m in client.models.list()]
+    with pytest.raises(openai.NotFoundError) as info:
+        client.embeddings.create(model="nope", input="x")
+    assert info.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.embeddings.create(model="all-minilm", input=[[1, 2, 3]])  # token arrays
+    assert bad.value.param == "input"  # type: ignore[attr-defined]
+    fake.script(FakeReply(content="a b c", error="boom", error_after=1))
+    with pytest.raises(openai.APIError, match="boom"):
+        list(client.completions.create(model="llama3.2", prompt="x", stream=True))
+
+
+def test_aliases_are_listed(fake_url: str) -> None:
+    proxy = SmartProxy(Settings(upstream=fake_url, aliases={"gpt-4o-mini": "llama3.2"}))
+    with serve_in_thread(proxy) as url, openai.OpenAI(base_url=url + "/v1", api_key="x") as client:
+        listed = {m.id: m.owned_by for m in client.models.list()}
+        assert listed["gpt-4o-mini"] == "ollama-smart-proxy"
+        assert client.models.retrieve("gpt-4o-mini").id == "gpt-4o-mini"

@@ -46,7 +46,12 @@ class Exchange:
     kind: Kind
     request: NativeRequest
     dialect: Dialect = "ollama"
+    #: The slash command of the latest user message (a ``SlashCall``), if any.
     command: Any = None
+    #: Session commands found earlier in the history, to apply again, in order.
+    replays: list[Any] = field(default_factory=list)
+    #: The command words already parsed for (parsing runs once per word).
+    parsed_words: set[str] = field(default_factory=set)
     transforms: list[ChunkTransform] = field(default_factory=list)
     encoder: Encoder | None = None
     state: dict[str, Any] = field(default_factory=dict)

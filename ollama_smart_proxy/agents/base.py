@@ -26,7 +26,6 @@ from ._commands import CommandSpec, SlashCall, prepare_request, split_words
 
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
 _KINDS = {"/api/chat": "chat", "/api/generate": "generate"}
-_PREPARED = "ollama_smart_proxy.commands"
 
 
 @dataclass
@@ -221,11 +220,10 @@ class Agent:
         if exchange is None:  # pragma: no cover - __call__ always puts one there
             raise RuntimeError("agent called without an exchange")
         prepare_commands(exchange, self.prefix, self._words)
-        state = exchange.state[_PREPARED]
         words = self._words
-        current: SlashCall | None = state["current"]
+        current: SlashCall | None = exchange.command
         call = current if current is not None and current.name in words else None
-        replays = [c for c in state["replays"] if c.name in words] if state["replays"] else []
+        replays = [c for c in exchange.replays if c.name in words] if exchange.replays else []
         if call is None and not replays and self.activation != "always":
             await self.app(scope, receive, send)
             return
@@ -259,24 +257,19 @@ class Agent:
 
 def prepare_commands(exchange: Exchange, prefix: str, words: dict[str, CommandSpec]) -> None:
     """Parse commands once per set of words; the first command found is the current one."""
-    state = exchange.state.setdefault(
-        _PREPARED, {"words": set(), "current": None, "replays": [], "commands": {}}
-    )
-    known = state["words"]
+    known = exchange.parsed_words
     if not words or words.keys() <= known:
         return
     new = {word: spec for word, spec in words.items() if word not in known}
-    state["words"].update(new)
-    state["commands"].update(new)
+    known.update(new)
     if not isinstance(exchange.request, ChatRequest | GenerateRequest):
         return
     current, replays, touched = prepare_request(exchange.request, prefix, new)
     if touched:
         exchange.changed = True
-    if state["current"] is None:
-        state["current"] = current
-    state["replays"].extend(replays)
-    exchange.command = state["current"]
+    if exchange.command is None:
+        exchange.command = current
+    exchange.replays.extend(replays)
 
 
 class _Transform:

@@ -238,8 +238,7 @@ class CommandParser:
         if exchange is not None and exchange.kind in ("chat", "generate"):
             exchange.state["agents"] = self.listing
             prepare_commands(exchange, self.prefix, self.words)
-            state = exchange.state["ollama_smart_proxy.commands"]
-            if self.terminal is not None and state["current"] is None and not state["replays"]:
+            if self.terminal is not None and exchange.command is None and not exchange.replays:
                 await self.terminal(scope, receive, send)
                 return
         await self.app(scope, receive, send)

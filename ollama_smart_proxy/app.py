@@ -146,9 +146,6 @@ class SmartProxy:
             await self.completion_app(scope, receive, send)
             return
         exchange = await parse_exchange(scope, receive, kind, self.settings.max_body_bytes)  # type: ignore[arg-type]
-        context = get_context(scope)
-        if context is not None:
-            context.exchange = exchange
         await call_with_exchange(
             self.completion_app, scope, receive, send, exchange, path, inner_encodes=True
         )

@@ -17,6 +17,7 @@ from typing import Any, Literal, Protocol
 
 import anyio
 
+from ._logging import get_context
 from .encoders import Chunk, Encoder, NativeEncoder
 from .errors import Dialect, RequestTooLarge, UpstreamError
 from .schemas import NativeRequest, dump_request, parse_request
@@ -208,6 +209,9 @@ async def call_with_exchange(
     """
     from ._streaming import ResponseWriter  # circular: _streaming uses Exchange
 
+    context = get_context(scope)
+    if context is not None:  # the access log names the model
+        context.exchange = exchange
     scope = dict(scope)
     scope[SCOPE_KEY] = exchange
     scope["path"] = scope.get("root_path", "") + path

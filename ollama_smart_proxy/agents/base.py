@@ -18,9 +18,9 @@ from ..exchange import (
     call_native,
     call_with_exchange,
     get_exchange,
-    read_body,
+    parse_exchange,
 )
-from ..schemas import ChatRequest, GenerateRequest, NativeRequest, parse_request
+from ..schemas import ChatRequest, GenerateRequest, NativeRequest
 from ..types import ASGIApp, Receive, Scope, Send
 from ._commands import CommandSpec, SlashCall, prepare_request, split_words
 
@@ -200,14 +200,12 @@ class Agent:
                 await self.app(scope, receive, send)
                 return
             try:
-                body = await read_body(scope, receive, self.max_body_bytes)
-                request = parse_request(kind, body)
+                exchange = await parse_exchange(scope, receive, kind, self.max_body_bytes)  # type: ignore[arg-type]
             except ClientDisconnected:
                 return
             except ProxyError as exc:
                 await send_proxy_error(send, dialect_for_path(path), exc)
                 return
-            exchange = Exchange(kind, request, raw=body)  # type: ignore[arg-type]
             await call_with_exchange(self._handle, scope, receive, send, exchange, path)
             return
         if exchange.kind not in ("chat", "generate"):

@@ -83,9 +83,6 @@ class OpenAICompat:
         except ProxyError as exc:
             await send_proxy_error(send, "openai", exc)
             return
-        context = scope.get("ollama_smart_proxy.context")
-        if context is not None:
-            context.exchange = exchange
         await call_with_exchange(
             self.app, scope, receive, send, exchange, native_path, inner_encodes=self.inner_encodes
         )
@@ -121,7 +118,7 @@ class OpenAICompat:
         return Exchange("embed", embed, dialect="openai", encoder=encoder), "/api/embed"
 
     async def _list_models(self, scope: Scope, receive: Receive, send: Send) -> None:
-        status, body = await self._native(scope, receive, "GET", "/api/tags", b"")
+        status, body = await call_native(self.app, scope, "GET", "/api/tags")
         if status != 200:
             await _send_json(send, *openai_error(status, body)[:2])
             return
@@ -138,7 +135,7 @@ class OpenAICompat:
             )
             return
         request = dumps({"model": model})
-        status, body = await self._native(scope, receive, "POST", "/api/show", request)
+        status, body = await call_native(self.app, scope, "POST", "/api/show", request)
         if status != 200:
             await _send_json(send, *openai_error(status, body)[:2])
             return
@@ -149,11 +146,6 @@ class OpenAICompat:
                 "Ollama sent model details that are not JSON", status_code=502
             ) from None
         await _send_json(send, 200, dumps(model_object(model, shown.get("modified_at"))))
-
-    async def _native(
-        self, scope: Scope, receive: Receive, method: str, path: str, body: bytes
-    ) -> tuple[int, bytes]:
-        return await call_native(self.app, scope, method, path, body)
 
 
 async def _send_json(send: Send, status: int, body: bytes) -> None:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from ._ndjson import DEFAULT_MAX_LINE_BYTES, LineSplitter
-from .encoders import Chunk, loads
+from .encoders import Chunk, dumps, loads
 from .errors import error_body
 from .exchange import Exchange
 from .types import Message, Receive, Send
@@ -42,7 +41,7 @@ def response_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes
 def error_message(body: bytes) -> str:
     """The message in an Ollama error body, or the body itself."""
     try:
-        value = json.loads(body)
+        value = loads(body)
     except ValueError:
         return body.decode("utf-8", "replace").strip() or "upstream error"
     if isinstance(value, dict) and isinstance(value.get("error"), str):
@@ -195,7 +194,7 @@ class ResponseWriter:
             )
             return
         self._error_body = None
-        body = json.dumps(error_body("ollama", message, status)).encode()
+        body = dumps(error_body("ollama", message, status))
         self._status = status
         self._headers = [(b"content-type", b"application/json; charset=utf-8")]
         await self._end_error(body)

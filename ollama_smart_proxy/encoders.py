@@ -142,4 +142,9 @@ class NativeEncoder(Encoder):
         return dumps(merge_chunks(self._chunks))
 
     def error(self, message: str) -> bytes:
-        return dumps({"error": message}) + b"\n"
+        return error_line(message)
+
+
+def error_line(message: str) -> bytes:
+    """The NDJSON line with which Ollama ends a stream that failed after it began."""
+    return dumps({"error": message}) + b"\n"

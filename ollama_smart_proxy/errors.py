@@ -16,9 +16,10 @@ response has started, the streaming code ends the stream in the protocol's own w
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal
 
+from ._responses import send_body
+from .encoders import dumps
 from .types import Send
 
 Dialect = Literal["ollama", "openai"]
@@ -123,26 +124,10 @@ async def send_error(
     *,
     param: str | None = None,
     code: str | None = None,
-    headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
     """Send a complete JSON error response."""
-    body = json.dumps(
-        error_body(dialect, message, status_code, param=param, code=code),
-        ensure_ascii=False,
-        separators=(",", ":"),
-    ).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status_code,
-            "headers": [
-                (b"content-type", b"application/json; charset=utf-8"),
-                (b"content-length", str(len(body)).encode()),
-                *(headers or ()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    body = dumps(error_body(dialect, message, status_code, param=param, code=code))
+    await send_body(send, status_code, body, b"application/json; charset=utf-8")
 
 
 async def send_proxy_error(send: Send, dialect: Dialect, exc: ProxyError) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 
+from ._responses import send_body
 from ._version import __version__
 from .encoders import dumps
 from .types import Send
@@ -14,19 +15,8 @@ from .upstream import OllamaUpstream
 
 
 async def send_json(send: Send, status: int, data: Any) -> None:
-    body = dumps(data)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"cache-control", b"no-store"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    """A small JSON answer that no cache keeps (health and status change)."""
+    await send_body(send, status, dumps(data), headers=[(b"cache-control", b"no-store")])
 
 
 async def live(send: Send) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,6 +12,7 @@ from starlette._utils import get_route_path
 from ._aiohttp import AiohttpTransport
 from ._http11 import HTTP11Transport
 from ._streaming import HOP_BY_HOP, ResponseWriter, response_headers, run_until_disconnect
+from .encoders import error_line
 from .errors import (
     ProxyError,
     UpstreamError,
@@ -236,7 +236,7 @@ class OllamaUpstream:
         elif state.started:
             # Native pass-through: end the stream as Ollama does, with an error line.
             if not state.finished:
-                body = b"" if state.framed else b'{"error":' + _json_str(exc.message) + b"}\n"
+                body = b"" if state.framed else error_line(exc.message)
                 await send({"type": "http.response.body", "body": body, "more_body": False})
         else:
             await send_proxy_error(send, "openai" if dialect == "openai" else "ollama", exc)
@@ -277,7 +277,3 @@ async def _stream_body(receive: Receive) -> AsyncIterator[bytes]:
         yield message.get("body", b"")
         if not message.get("more_body", False):
             return
-
-
-def _json_str(text: str) -> bytes:
-    return json.dumps(text, ensure_ascii=False).encode()

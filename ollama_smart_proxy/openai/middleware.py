@@ -7,13 +7,13 @@ from typing import Any
 
 from starlette._utils import get_route_path
 
+from .._responses import send_body
 from ..encoders import dumps
 from ..errors import ProxyError, send_error, send_proxy_error
 from ..exchange import ClientDisconnected, Exchange, call_native, call_with_exchange, read_body
 from ..settings import Settings
 from ..types import ASGIApp, Receive, Scope, Send
 from .encoders import (
-    JSON_TYPE,
     ChatCompletionEncoder,
     CompletionEncoder,
     EmbeddingEncoder,
@@ -120,24 +120,24 @@ class OpenAICompat:
     async def _list_models(self, scope: Scope, receive: Receive, send: Send) -> None:
         status, body = await call_native(self.app, scope, "GET", "/api/tags")
         if status != 200:
-            await _send_json(send, *openai_error(status, body)[:2])
+            await send_body(send, *openai_error(status, body)[:2])
             return
         try:
             tags = json.loads(body)
         except ValueError:
             raise ProxyError("Ollama sent a model list that is not JSON", status_code=502) from None
-        await _send_json(send, 200, dumps(models_list(tags, self.settings.aliases)))
+        await send_body(send, 200, dumps(models_list(tags, self.settings.aliases)))
 
     async def _retrieve_model(self, scope: Scope, receive: Receive, send: Send, model: str) -> None:
         if model in self.settings.aliases:
-            await _send_json(
+            await send_body(
                 send, 200, dumps({**model_object(model, None), "owned_by": "ollama-smart-proxy"})
             )
             return
         request = dumps({"model": model})
         status, body = await call_native(self.app, scope, "POST", "/api/show", request)
         if status != 200:
-            await _send_json(send, *openai_error(status, body)[:2])
+            await send_body(send, *openai_error(status, body)[:2])
             return
         try:
             shown = json.loads(body)
@@ -145,15 +145,4 @@ class OpenAICompat:
             raise ProxyError(
                 "Ollama sent model details that are not JSON", status_code=502
             ) from None
-        await _send_json(send, 200, dumps(model_object(model, shown.get("modified_at"))))
-
-
-async def _send_json(send: Send, status: int, body: bytes) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", JSON_TYPE), (b"content-length", str(len(body)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+        await send_body(send, 200, dumps(model_object(model, shown.get("modified_at"))))

@@ -93,9 +93,9 @@ def merge_chunks(chunks: list[Chunk]) -> Chunk:
 class Encoder:
     """Base encoder. One instance serves one response.
 
-    ``begin`` is called once with the upstream's status and content type and returns the
-    content type to send; ``streaming`` then says whether bytes go out per chunk or once
-    at ``end``.
+    ``begin`` is called once with the upstream's content type (of a successful answer) and
+    returns the content type to send; ``streaming`` then says whether bytes go out per chunk
+    or once at ``end``. Error answers go to ``error_response`` instead.
     """
 
     streaming: bool = True

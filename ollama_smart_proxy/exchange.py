@@ -138,6 +138,18 @@ async def parse_exchange(
 
 
 MAX_NATIVE_ANSWER = 16 * 1024 * 1024
+_BODY_HEADERS = (b"content-length", b"content-type", b"transfer-encoding")
+
+
+def json_body_headers(
+    headers: list[tuple[bytes, bytes]], length: int | None = None
+) -> list[tuple[bytes, bytes]]:
+    """The client's headers for a JSON body of ours (its own body headers replaced)."""
+    kept = [(key, value) for key, value in headers if key not in _BODY_HEADERS]
+    kept.append((b"content-type", b"application/json"))
+    if length is not None:
+        kept.append((b"content-length", str(length).encode()))
+    return kept
 
 
 async def call_native(
@@ -155,12 +167,7 @@ async def call_native(
         path=scope.get("root_path", "") + path,
         raw_path=path.encode(),
         query_string=b"",
-        headers=[
-            (key, value)
-            for key, value in scope["headers"]
-            if key not in (b"content-length", b"content-type", b"transfer-encoding")
-        ]
-        + [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        headers=json_body_headers(scope["headers"], len(body)),
     )
     sent = False
 
@@ -217,11 +224,7 @@ async def call_with_exchange(
     scope["path"] = scope.get("root_path", "") + path
     scope["raw_path"] = scope["path"].encode()
     scope["method"] = "POST"
-    scope["headers"] = [
-        (key, value)
-        for key, value in scope["headers"]
-        if key not in (b"content-length", b"transfer-encoding", b"content-type")
-    ] + [(b"content-type", b"application/json")]
+    scope["headers"] = json_body_headers(scope["headers"])
     body_sent = False
 
     async def replay_receive() -> Message:

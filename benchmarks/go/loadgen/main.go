@@ -68,6 +68,14 @@ func main() {
 	budget := *requests
 	start := time.Now()
 	deadline := start.Add(time.Duration(*duration * float64(time.Second)))
+	recordError := func(err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		errors++
+		if firstError == "" {
+			firstError = err.Error()
+		}
+	}
 	var wg sync.WaitGroup
 	for c := 0; c < *concurrency; c++ {
 		wg.Add(1)
@@ -84,12 +92,7 @@ func main() {
 				}
 				resp, err := client.Do(req)
 				if err != nil {
-					mu.Lock()
-					errors++
-					if firstError == "" {
-						firstError = err.Error()
-					}
-					mu.Unlock()
+					recordError(err)
 					continue
 				}
 				var first time.Time
@@ -110,12 +113,7 @@ func main() {
 						break
 					}
 					if err != nil {
-						mu.Lock()
-						errors++
-						if firstError == "" {
-							firstError = err.Error()
-						}
-						mu.Unlock()
+						recordError(err)
 						break
 					}
 				}
@@ -156,9 +154,9 @@ func main() {
 		"concurrency": *concurrency, "requests": len(total), "errors": errors,
 		"first_error": firstErr, "statuses": statuses, "elapsed_s": round(elapsed, 3),
 		"req_per_s": round(float64(len(total))/elapsed, 2), "lines": lines,
-		"lines_per_s": round(float64(lines)/elapsed, 1),
+		"lines_per_s":        round(float64(lines)/elapsed, 1),
 		"window_lines_per_s": round(float64(windowLines)/(*duration), 1),
-		"ttfb_p50_ms": round(percentile(ttfb, 0.5)*1000, 3), "ttfb_p99_ms": round(percentile(ttfb, 0.99)*1000, 3),
+		"ttfb_p50_ms":        round(percentile(ttfb, 0.5)*1000, 3), "ttfb_p99_ms": round(percentile(ttfb, 0.99)*1000, 3),
 		"total_p50_ms": round(percentile(total, 0.5)*1000, 3), "total_p99_ms": round(percentile(total, 0.99)*1000, 3),
 	}
 	encoded, _ := json.Marshal(out)

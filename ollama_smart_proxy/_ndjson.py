@@ -18,38 +18,53 @@ class LineTooLong(UpstreamError):
 class LineSplitter:
     """Feed byte chunks in, get complete lines out (without the ``\\n``).
 
-    Only the trailing partial line is kept between chunks, bounded by ``max_line_bytes``.
-    Empty lines are skipped: NDJSON has none, and SSE uses them only as separators.
+    Only the trailing partial line is kept between chunks, bounded by ``max_line_bytes``,
+    as a list of pieces joined once its newline arrives: a line dripped a byte at a time
+    costs linear work, not quadratic. Empty lines are skipped: NDJSON has none, and SSE
+    uses them only as separators.
     """
 
-    __slots__ = ("_buffer", "max_line_bytes")
+    __slots__ = ("_parts", "_size", "max_line_bytes")
 
     def __init__(self, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
         if max_line_bytes <= 0:
             raise ValueError("max_line_bytes must be positive")
         self.max_line_bytes = max_line_bytes
-        self._buffer = b""
+        self._parts: list[bytes] = []
+        self._size = 0
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """Add ``chunk`` and return the lines it completed."""
-        data = self._buffer + chunk if self._buffer else chunk
-        if b"\n" not in data:
-            self._check(data)
-            self._buffer = data
+        if b"\n" not in chunk:
+            self._parts.append(chunk)
+            self._size += len(chunk)
+            self._check(self._size)
             return []
-        *lines, rest = data.split(b"\n")
-        self._check(rest)
-        self._buffer = rest
+        if self._parts:
+            self._parts.append(chunk)
+            chunk = b"".join(self._parts)
+            self._parts = []
+        *lines, rest = chunk.split(b"\n")
+        self._check(len(rest))
+        if rest:
+            self._parts.append(rest)
+        self._size = len(rest)
         return [line.rstrip(b"\r") for line in lines if line.strip()]
 
     def flush(self) -> list[bytes]:
         """Return the last line if the stream did not end with ``\\n``."""
-        rest, self._buffer = self._buffer, b""
+        rest = b"".join(self._parts)
+        self._parts = []
+        self._size = 0
         return [rest.rstrip(b"\r")] if rest.strip() else []
 
-    def _check(self, partial: bytes) -> None:
-        if len(partial) > self.max_line_bytes:
-            self._buffer = b""
+    def _check(self, size: int) -> None:
+        if size > self.max_line_bytes:
+            self._parts = []
+            self._size = 0
             raise LineTooLong(
-                f"upstream sent a line longer than {self.max_line_bytes} bytes without a newline"
+                f"Ollama sent a line longer than {self.max_line_bytes} bytes without a newline"
             )
+
+
+__all__ = ["DEFAULT_MAX_LINE_BYTES", "LineSplitter", "LineTooLong"]

@@ -1,4 +1,4 @@
-"""``SmartProxy``: the composed ASGI application."""
+"""``SmartProxy``: the composed ASGI application, and the one place its stack is built."""
 
 from __future__ import annotations
 
@@ -7,31 +7,69 @@ from collections.abc import Sequence
 from types import TracebackType
 
 import httpx
-from starlette._utils import get_route_path
 
-from . import health
-from ._logging import AccessLogMiddleware, get_context
-from .agents import Agent, AgentRegistry
-from .errors import ProxyError, dialect_for_path, send_error, send_proxy_error
-from .exchange import ClientDisconnected, call_with_exchange, get_exchange, parse_exchange
+from .access_log import AccessLog
+from .agents.base import Agent
+from .agents.registry import AgentRegistry
+from .boundary import ErrorBoundary
+from .entry import NativeEntry
+from .errors import ProxyError
+from .health import Health, send_json
 from .openai import OpenAICompat
-from .openai.middleware import openai_route
+from .routing import route_of
 from .settings import Settings
+from .transports import create_transport, upstream_limits
 from .types import ASGIApp, Receive, Scope, Send
 from .upstream import OllamaUpstream
 
 logger = logging.getLogger("ollama_smart_proxy")
 
-_COMPLETIONS = {"/api/chat": "chat", "/api/generate": "generate"}
+
+class Router:
+    """Send each request to the part of the proxy its route's family names."""
+
+    def __init__(self, *, native: ASGIApp, openai: ASGIApp, proxy: ASGIApp) -> None:
+        self.native = native
+        self.openai = openai
+        self.proxy = proxy
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        family = route_of(scope).family
+        if family == "native":
+            await self.native(scope, receive, send)
+        elif family == "openai":
+            await self.openai(scope, receive, send)
+        elif family == "proxy":
+            await self.proxy(scope, receive, send)
+        elif family in ("responses", "anthropic"):
+            await self.native(scope, receive, send)  # Ollama's own, passed through
+        else:
+            raise ProxyError(
+                f"no route for {scope['method']} {route_of(scope).path}", status_code=404
+            )
+
+
+class ProxyEndpoints:
+    """The proxy's own small endpoints: health, ``/plugins``."""
+
+    def __init__(self, health: Health, registry: AgentRegistry) -> None:
+        self.health = health
+        self.registry = registry
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if route_of(scope).kind == "plugins":
+            await send_json(send, 200, self.registry.describe())
+        else:
+            await self.health(scope, receive, send)
 
 
 class SmartProxy:
     """The proxy as one ASGI app.
 
-    ``SmartProxy(settings=Settings(...), agents=[...], client=httpx.AsyncClient(...))``.
-    The upstream client is opened lazily and closed by ASGI lifespan, by ``aclose()``, or
-    by ``async with proxy:``; it works mounted under an app whose lifespan does not reach
-    it.
+    ``SmartProxy(settings=Settings(...), agents=[...], transport=None)``. ``transport`` is
+    the httpx transport to Ollama (by default the one ``upstream_transport`` names); it is
+    opened lazily and closed by ASGI lifespan, by :meth:`aclose`, or by ``async with
+    proxy:``, so the proxy also works mounted under an app whose lifespan does not reach it.
     """
 
     def __init__(
@@ -39,18 +77,56 @@ class SmartProxy:
         settings: Settings | None = None,
         *,
         agents: Sequence[type[Agent]] = (),
-        client: httpx.AsyncClient | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
         builtins: bool = True,
         entry_points: bool = True,
     ) -> None:
-        self.settings = settings or Settings()
-        self.upstream = OllamaUpstream(self.settings, client=client)
+        self.settings = settings = settings or Settings()
+        if transport is None:
+            limits = upstream_limits(settings.upstream_max_connections)
+            transport = create_transport(settings.upstream_transport, limits=limits)
         self.registry = AgentRegistry.discover(
-            self.settings, agents, builtins=builtins, use_entry_points=entry_points
+            agents,
+            builtins=builtins,
+            entry_points=entry_points,
+            plugins_dirs=settings.plugins_dirs,
+            agent_options=settings.agent_options,
+            enabled=settings.enabled_agents,
+            disabled=settings.disabled_agents,
+            order=settings.agent_order,
         )
-        self.completion_app: ASGIApp = self.registry.build(self.upstream, self.settings)
-        self.openai = OpenAICompat(self._native, settings=self.settings, inner_encodes=True)
-        self._app = AccessLogMiddleware(self._route)
+        self.upstream = OllamaUpstream(
+            settings.upstream,
+            timeout=settings.upstream_timeout,
+            connect_timeout=settings.upstream_connect_timeout,
+            max_body_bytes=settings.max_body_bytes,
+            transport=transport,
+        )
+        self._app = self._build()
+
+    def _build(self) -> ASGIApp:
+        """The stack, in the order a request flows (docs/architecture.md draws it)."""
+        s = self.settings
+        limits = {
+            "max_body_bytes": s.max_body_bytes,
+            "max_messages": s.max_messages,
+            "max_line_bytes": s.max_line_bytes,
+        }
+        # Below the translation, every model request is one native exchange.
+        completions = self.registry.build(
+            self.upstream,  # (model loader and admission go between agents and upstream)
+            prefix=s.command_prefix,
+            max_body_bytes=s.max_body_bytes,
+        )
+        health = Health(self.upstream.fetch, upstream=self.upstream.url, timeout=s.health_timeout)
+        routes = Router(
+            native=NativeEntry(completions, **limits),
+            openai=OpenAICompat(
+                completions, unsupported=s.openai_unsupported, aliases=s.aliases, **limits
+            ),
+            proxy=ProxyEndpoints(health, self.registry),
+        )
+        return AccessLog(ErrorBoundary(routes))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -65,11 +141,11 @@ class SmartProxy:
         return [spec.name for spec in self.registry.ordered()]
 
     async def startup(self) -> None:
-        """Open the upstream client (it is also opened lazily on first use)."""
-        _ = self.upstream.client
+        """Open the upstream transport (it is also opened lazily on first use)."""
+        _ = self.upstream.transport
 
     async def aclose(self) -> None:
-        """Close the upstream client."""
+        """Close the upstream transport."""
         await self.upstream.aclose()
 
     async def __aenter__(self) -> SmartProxy:
@@ -99,53 +175,5 @@ class SmartProxy:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = get_route_path(scope)
-        method = scope["method"]
-        context = get_context(scope)
-        try:
-            await self._dispatch(path, method, scope, receive, send)
-        except ClientDisconnected:
-            return  # gone before its body was read: nobody to answer
-        except ProxyError as exc:
-            if context is None or context.status:
-                raise
-            await send_proxy_error(send, dialect_for_path(path), exc)
-        except Exception:
-            logger.exception("unhandled error on %s %s", method, path)
-            if context is None or context.status:
-                raise
-            await send_error(send, dialect_for_path(path), "internal proxy error", 500)
 
-    async def _dispatch(
-        self, path: str, method: str, scope: Scope, receive: Receive, send: Send
-    ) -> None:
-        if path in ("/health", "/health/ready"):
-            await health.ready(send, self.upstream)
-        elif path == "/health/live":
-            await health.live(send)
-        elif path == "/plugins":
-            await health.send_json(send, 200, self.registry.describe())
-        elif path.startswith("/api/") or path == "/":
-            await self._native(scope, receive, send)
-        elif path.startswith("/v1/") or openai_route(path) is not None:
-            await self.openai(scope, receive, send)
-        else:
-            await send_error(send, dialect_for_path(path), f"no route for {method} {path}", 404)
-
-    async def _native(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Native routes: chat and generate through the completion stack (agents, model
-        loader, upstream), everything else straight to the upstream."""
-        path = get_route_path(scope)
-        kind = _COMPLETIONS.get(path) if scope["method"] == "POST" else None
-        if kind is None:
-            await self.upstream(scope, receive, send)
-            return
-        exchange = get_exchange(scope)
-        if exchange is not None:  # made by the OpenAI layer
-            await self.completion_app(scope, receive, send)
-            return
-        exchange = await parse_exchange(scope, receive, kind, self.settings.max_body_bytes)  # type: ignore[arg-type]
-        await call_with_exchange(
-            self.completion_app, scope, receive, send, exchange, path, inner_encodes=True
-        )
+__all__ = ["ProxyEndpoints", "Router", "SmartProxy"]

@@ -10,8 +10,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ._logging import configure_logging
 from ._version import __version__
+from .access_log import configure_logging
 from .settings import Settings
 
 
@@ -81,15 +81,10 @@ def build_app(settings: Settings, demo: bool = False) -> Any:
 
     if not demo:
         return SmartProxy(settings)
-    import httpx
-
     from .testing import FakeOllama, StreamingASGITransport
 
     fake = FakeOllama(token_delay=0.03)
-    client = httpx.AsyncClient(
-        transport=StreamingASGITransport(fake), base_url="http://fake-ollama"
-    )
-    return SmartProxy(settings, client=client)
+    return SmartProxy(settings, transport=StreamingASGITransport(fake))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,28 +1,33 @@
-"""The proxy's exceptions, and how an error is written in each API dialect.
+"""The proxy's exceptions, and the one place where an error is written in a client's dialect.
 
 Exception tree::
 
-    ProxyError                  500  anything the proxy refuses or cannot do
-    ├── RequestError            400  body empty, not JSON, or fails validation
-    │   └── RequestTooLarge     413  body over ``max_body_bytes``
-    ├── ModelNotFound           404  the model is not installed
-    └── UpstreamError           502  Ollama unreachable, or closed before answering
-        └── UpstreamTimeout     504  Ollama did not answer in time
+    ProxyError                      500  anything the proxy refuses or cannot do
+    ├── RequestError                400  body empty, not JSON, or fails validation; bad path
+    │   └── RequestTooLarge         413  body over a limit (bytes, messages)
+    ├── AuthenticationError         401  no API key, or a wrong one
+    ├── PermissionDenied            403  the key may not use this route or model
+    ├── ModelNotFound               404  the model is not installed (and may not be pulled)
+    ├── LoopDetected                508  the proxy is its own upstream
+    ├── Overloaded                  503  the admission queue is full, or the wait too long
+    └── UpstreamError               502  Ollama unreachable, closed early, or answered junk
+        ├── UpstreamTimeout         504  Ollama did not answer in time
+        └── UpstreamStatusError     ...  Ollama answered with an error status (kept)
 
-A layer raises one of these before the response has started; ``SmartProxy`` (or a
-standalone ``Agent``) turns it into a response in the client's dialect. After the
-response has started, the streaming code ends the stream in the protocol's own way.
+Layers raise these; :class:`~ollama_smart_proxy.boundary.ErrorBoundary` turns them into a
+response in the client's dialect with :func:`render_error`, or, once the response has
+started, ends the stream with :func:`render_stream_error`. Nothing else writes errors.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from ._responses import send_body
-from .encoders import dumps
-from .types import Send
+from ._json import dumps
 
-Dialect = Literal["ollama", "openai"]
+#: The API dialects a client may speak: Ollama's own, OpenAI's Chat Completions (and
+#: completions, embeddings, models), OpenAI's Responses, Anthropic's Messages.
+Dialect = Literal["ollama", "openai", "responses", "anthropic"]
 
 _OPENAI_TYPES = {
     400: "invalid_request_error",
@@ -34,9 +39,24 @@ _OPENAI_TYPES = {
     429: "rate_limit_error",
 }
 
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
+
 
 class ProxyError(Exception):
-    """Base class: an error with an HTTP status, rendered in the client's dialect."""
+    """Base class: an error with an HTTP status, rendered in the client's dialect.
+
+    ``param`` names the request field it is about; ``code`` is a machine-readable code
+    (OpenAI's ``code``); ``headers`` are added to the error response (``Retry-After``).
+    """
 
     status_code: int = 500
 
@@ -47,6 +67,7 @@ class ProxyError(Exception):
         status_code: int | None = None,
         param: str | None = None,
         code: str | None = None,
+        headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -54,22 +75,35 @@ class ProxyError(Exception):
             self.status_code = status_code
         self.param = param
         self.code = code
+        self.headers = headers or []
 
 
 class RequestError(ProxyError):
-    """The request body is empty, not JSON, or fails validation."""
+    """The request is malformed: body empty, not JSON, fails validation, or a bad path."""
 
     status_code = 400
 
 
 class RequestTooLarge(RequestError):
-    """The request body is larger than ``max_body_bytes``."""
+    """The request is over a limit: ``max_body_bytes``, ``max_messages``."""
 
     status_code = 413
 
 
+class AuthenticationError(ProxyError):
+    """No API key, or one the proxy does not know."""
+
+    status_code = 401
+
+
+class PermissionDenied(ProxyError):
+    """The key is known but may not use this route or model."""
+
+    status_code = 403
+
+
 class ModelNotFound(ProxyError):
-    """The model named by the request is not installed."""
+    """The model is not installed, and auto-pull may not (or could not) fetch it."""
 
     status_code = 404
 
@@ -78,16 +112,44 @@ class ModelNotFound(ProxyError):
         self.model = model
 
 
+class LoopDetected(ProxyError):
+    """The request came back to the proxy that sent it: the upstream is the proxy itself."""
+
+    status_code = 508
+
+
+class Overloaded(ProxyError):
+    """Too many requests wait for Ollama: the queue is full, or the wait was too long."""
+
+    status_code = 503
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message, headers=[(b"retry-after", str(retry_after).encode())])
+        self.retry_after = retry_after
+
+
 class UpstreamError(ProxyError):
-    """Ollama is unreachable or closed the connection before answering."""
+    """Ollama is unreachable, closed the connection early, or sent something invalid."""
 
     status_code = 502
 
 
 class UpstreamTimeout(UpstreamError):
-    """Ollama did not answer within the configured timeout."""
+    """Ollama did not answer (or send the next bytes) within the configured timeout."""
 
     status_code = 504
+
+
+class UpstreamStatusError(UpstreamError):
+    """Ollama answered with an error status; its status and message are kept."""
+
+    def __init__(self, message: str, *, status_code: int) -> None:
+        code = "model_not_found" if status_code == 404 and "not found" in message else None
+        super().__init__(message, status_code=status_code, code=code)
+
+
+class ClientDisconnected(Exception):
+    """The client went away before its request was read: there is nobody to answer."""
 
 
 def openai_error_type(status_code: int) -> str:
@@ -95,53 +157,87 @@ def openai_error_type(status_code: int) -> str:
     return _OPENAI_TYPES.get(status_code, "api_error")
 
 
-def error_body(
-    dialect: Dialect,
-    message: str,
-    status_code: int,
-    *,
-    param: str | None = None,
-    code: str | None = None,
-) -> dict[str, Any]:
-    """The JSON error object in a dialect: ``{"error": "..."}`` or OpenAI's nested one."""
-    if dialect == "openai":
+def anthropic_error_type(status_code: int) -> str:
+    """The Anthropic error ``type`` for an HTTP status."""
+    return _ANTHROPIC_TYPES.get(status_code, "api_error")
+
+
+def error_object(dialect: Dialect, exc: ProxyError) -> dict[str, Any]:
+    """The JSON error body of ``exc`` in ``dialect``."""
+    if dialect in ("openai", "responses"):
         return {
             "error": {
-                "message": message,
-                "type": openai_error_type(status_code),
-                "param": param,
-                "code": code,
+                "message": exc.message,
+                "type": openai_error_type(exc.status_code),
+                "param": exc.param,
+                "code": exc.code,
             }
         }
-    return {"error": message}
+    if dialect == "anthropic":
+        return {
+            "type": "error",
+            "error": {"type": anthropic_error_type(exc.status_code), "message": exc.message},
+        }
+    return {"error": exc.message}
 
 
-async def send_error(
-    send: Send,
-    dialect: Dialect,
-    message: str,
-    status_code: int,
-    *,
-    param: str | None = None,
-    code: str | None = None,
-) -> None:
-    """Send a complete JSON error response."""
-    body = dumps(error_body(dialect, message, status_code, param=param, code=code))
-    await send_body(send, status_code, body, b"application/json; charset=utf-8")
+def render_error(dialect: Dialect, exc: ProxyError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """A whole error response: status, headers, body."""
+    body = dumps(error_object(dialect, exc))
+    headers = [
+        (b"content-type", b"application/json; charset=utf-8"),
+        (b"content-length", str(len(body)).encode()),
+        *exc.headers,
+    ]
+    return exc.status_code, headers, body
 
 
-async def send_proxy_error(send: Send, dialect: Dialect, exc: ProxyError) -> None:
-    """Send ``exc`` as a complete JSON error response in ``dialect``."""
-    await send_error(
-        send,
-        dialect,
-        exc.message,
-        exc.status_code,
-        param=exc.param,
-        code=exc.code if dialect == "openai" else None,
-    )
+def render_stream_error(dialect: Dialect, exc: ProxyError) -> bytes:
+    """The bytes that end a stream that failed after it began, as each dialect's clients
+    expect them: Ollama's final ``{"error"}`` line; an SSE event the OpenAI and Anthropic
+    SDKs raise on."""
+    body = error_object(dialect, exc)
+    if dialect == "ollama":
+        return dumps(body) + b"\n"
+    if dialect == "openai":
+        return b"data: " + dumps(body) + b"\n\n"
+    if dialect == "responses":
+        event = {
+            "type": "error",
+            "code": body["error"]["type"],
+            "message": exc.message,
+            "param": exc.param,
+            "sequence_number": 0,
+            # openai-python raises APIError for an event whose data carries ``error``.
+            "error": body["error"],
+        }
+        return b"event: error\ndata: " + dumps(event) + b"\n\n"
+    return b"event: error\ndata: " + dumps(body) + b"\n\n"
 
 
-def dialect_for_path(path: str) -> Dialect:
-    """The dialect a client speaks, judged from the path alone."""
-    return "openai" if path.startswith("/v1/") or path == "/v1" else "ollama"
+def error_line(message: str) -> bytes:
+    """The NDJSON line with which Ollama ends a stream that failed after it began."""
+    return dumps({"error": message}) + b"\n"
+
+
+__all__ = [
+    "AuthenticationError",
+    "ClientDisconnected",
+    "Dialect",
+    "LoopDetected",
+    "ModelNotFound",
+    "Overloaded",
+    "PermissionDenied",
+    "ProxyError",
+    "RequestError",
+    "RequestTooLarge",
+    "UpstreamError",
+    "UpstreamStatusError",
+    "UpstreamTimeout",
+    "anthropic_error_type",
+    "error_line",
+    "error_object",
+    "openai_error_type",
+    "render_error",
+    "render_stream_error",
+]

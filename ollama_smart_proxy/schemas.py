@@ -7,12 +7,12 @@ way through. Serialise with :func:`dump_request`, which writes back only what wa
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import RequestError
+from ._json import parse_body
+from .errors import RequestError, RequestTooLarge
 
 _CONFIG = ConfigDict(extra="allow", strict=True, populate_by_name=True)
 
@@ -98,12 +98,33 @@ class EmbedRequest(_ModelRequest):
     dimensions: int | None = None
 
 
-NativeRequest = ChatRequest | GenerateRequest | EmbedRequest
+class EmbeddingsRequest(_ModelRequest):
+    """Body of ``POST /api/embeddings`` (the legacy endpoint)."""
 
-REQUEST_TYPES: dict[str, type[NativeRequest]] = {
+    prompt: str | None = None
+
+
+class ShowRequest(BaseModel):
+    """Body of ``POST /api/show`` (``name`` is the deprecated spelling of ``model``)."""
+
+    model_config = _CONFIG
+
+    model: str | None = None
+    name: str | None = None
+    verbose: bool | None = None
+
+
+#: What agents see (chat and generate), and embed, as before.
+NativeRequest = ChatRequest | GenerateRequest | EmbedRequest
+#: Every body the proxy parses: each names a model.
+ModelRequest = ChatRequest | GenerateRequest | EmbedRequest | EmbeddingsRequest | ShowRequest
+
+REQUEST_TYPES: dict[str, type[ModelRequest]] = {
     "chat": ChatRequest,
     "generate": GenerateRequest,
     "embed": EmbedRequest,
+    "embeddings": EmbeddingsRequest,
+    "show": ShowRequest,
 }
 
 
@@ -128,23 +149,42 @@ def _is_union_tag(item: object) -> bool:
     )
 
 
-def parse_request(kind: str, body: bytes) -> NativeRequest:
-    """Parse and validate a native request body once; raise :class:`RequestError`."""
+def too_many_messages(count: int, limit: int) -> RequestTooLarge:
+    return RequestTooLarge(
+        f"the request has {count} messages, more than the limit of {limit} "
+        "(raise OSP_MAX_MESSAGES to allow it)",
+        param="messages",
+    )
+
+
+def parse_request(kind: str, body: bytes, max_messages: int | None = None) -> ModelRequest:
+    """Parse and validate a native request body once; raise :class:`RequestError`.
+
+    ``max_messages`` is checked on the parsed JSON, before the (much dearer) validation.
+    """
     if not body.strip():
         raise RequestError("missing request body")
-    model = REQUEST_TYPES[kind]
-    if body.lstrip()[:1] != b"{":
-        try:
-            value = json.loads(body)
-        except ValueError as exc:
-            raise RequestError(f"invalid JSON in request body: {exc}") from None
-        if value is None:  # Ollama reads `null` as an empty object
-            return model()
-        raise RequestError(f"request body must be a JSON object, not {type(value).__name__}")
     try:
-        return model.model_validate_json(body)
+        value = parse_body(body)
+    except ValueError as exc:
+        raise RequestError(f"invalid JSON in request body: {exc}") from None
+    model = REQUEST_TYPES[kind]
+    if value is None:  # Ollama reads `null` as an empty object
+        return model()
+    if not isinstance(value, dict):
+        raise RequestError(f"request body must be a JSON object, not {_json_type(value)}")
+    messages = value.get("messages")
+    if max_messages is not None and isinstance(messages, list) and len(messages) > max_messages:
+        raise too_many_messages(len(messages), max_messages)
+    try:
+        return model.model_validate(value)
     except ValidationError as exc:
         raise RequestError(describe_validation_error(exc)) from None
+
+
+def _json_type(value: object) -> str:
+    names = {bool: "boolean", int: "number", float: "number", str: "string", list: "array"}
+    return names.get(type(value), type(value).__name__)
 
 
 def dump_request(request: BaseModel) -> bytes:

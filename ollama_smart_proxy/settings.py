@@ -126,6 +126,9 @@ class Settings(BaseSettings):
         default_factory=dict, description="Options per agent name (over its config.json)."
     )
     max_body_bytes: int = Field(64 * 1024 * 1024, gt=0, description="Largest request body.")
+    max_messages: int = Field(
+        10_000, gt=0, description="Most messages in one chat request (any dialect)."
+    )
     cors_origins: list[str] = Field(default_factory=list, description="CORS origins.")
     log_format: Literal["text", "json"] = Field("text", description="Access log format.")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
@@ -146,8 +149,8 @@ class Settings(BaseSettings):
     upstream_transport: Literal["http11", "aiohttp", "httpx"] = Field(
         "http11",
         description=(
-            "Transport under the httpx client: the proxy's own lean HTTP/1.1 pool (plain "
-            "http; https upstreams use aiohttp), aiohttp's, or httpcore's."
+            "Transport to Ollama: the proxy's own HTTP/1.1 pool on llhttp (http and https), "
+            "httpcore's (httpx), or httpx-aiohttp's (the aiohttp extra)."
         ),
     )
     max_line_bytes: int = Field(

@@ -8,6 +8,19 @@ import pytest
 from ollama_smart_proxy import Settings, SmartProxy
 from ollama_smart_proxy.testing import FakeOllama, StreamingASGITransport, serve_in_thread
 
+#: The environment variables a Settings() would read: cleared for every test.
+_ENV_PREFIXES = ("OSP_", "OLLAMA_HOST")
+
+
+@pytest.fixture(autouse=True)
+def _hermetic_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reads the developer's OSP_* variables, OLLAMA_HOST, or a TOML file."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith(_ENV_PREFIXES):
+            monkeypatch.delenv(name)
+
 
 @pytest.fixture
 def anyio_backend() -> str:
@@ -19,8 +32,9 @@ def fake() -> FakeOllama:
     return FakeOllama()
 
 
-def upstream_client(app: object) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=StreamingASGITransport(app), base_url="http://ollama.test")
+def upstream(app: object) -> StreamingASGITransport:
+    """The production transport path, over an in-process app instead of a socket."""
+    return StreamingASGITransport(app)
 
 
 @pytest.fixture
@@ -30,7 +44,7 @@ def settings() -> Settings:
 
 @pytest.fixture
 async def proxy(fake: FakeOllama, settings: Settings) -> AsyncIterator[SmartProxy]:
-    app = SmartProxy(settings, client=upstream_client(fake))
+    app = SmartProxy(settings, transport=upstream(fake))
     async with app:
         yield app
 

@@ -1,44 +1,34 @@
 """Agents: request-rewriting ASGI middleware activated by slash commands.
 
-from ollama_smart_proxy.agents import Agent, SlashCall, Reply
+What a plugin author needs, in one place::
+
+    from ollama_smart_proxy.agents import Agent, Reply, SlashCall, chunk_text, with_text
+
+The built-in commands are in :mod:`.builtins`; discovery and ordering in :mod:`.registry`.
 """
 
 from __future__ import annotations
 
-from ._commands import CommandSpec, SlashCall, parse, prepare, split_words
-from .base import Agent, NoOptions, Reply, chunk_text, send_reply, text_chunk, with_text
-from .builtins import (
-    BUILTIN_AGENTS,
-    ClearCommand,
-    HelpCommand,
-    LoadCommand,
-    SetCommand,
-    ShowCommand,
-)
-from .registry import ENTRY_POINT_GROUP, AgentRegistry, AgentSpec, CommandParser, LoadError
+from ..commands import SlashCall
+from ..encoding import Chunk
+from ..entry import text_chunk
+from ..schemas import ChatRequest, GenerateRequest, Message, NativeRequest
+from .base import Agent, NoOptions, Reply, chunk_text, with_text
+from .builtins import set_system, unset
 
 __all__ = [
-    "BUILTIN_AGENTS",
-    "ENTRY_POINT_GROUP",
     "Agent",
-    "AgentRegistry",
-    "AgentSpec",
-    "ClearCommand",
-    "CommandParser",
-    "CommandSpec",
-    "HelpCommand",
-    "LoadCommand",
-    "LoadError",
+    "ChatRequest",
+    "Chunk",
+    "GenerateRequest",
+    "Message",
+    "NativeRequest",
     "NoOptions",
     "Reply",
-    "SetCommand",
-    "ShowCommand",
     "SlashCall",
     "chunk_text",
-    "parse",
-    "prepare",
-    "send_reply",
-    "split_words",
+    "set_system",
     "text_chunk",
+    "unset",
     "with_text",
 ]

@@ -3,35 +3,28 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, ValidationError
-from starlette._utils import get_route_path
 
-from .._streaming import ResponseWriter
-from ..encoders import Chunk, dumps, now_rfc3339
-from ..errors import ProxyError, RequestError, dialect_for_path, send_proxy_error
-from ..exchange import (
-    ClientDisconnected,
-    Exchange,
-    call_native,
-    call_with_exchange,
-    get_exchange,
-    parse_exchange,
-)
+from .._http import side_request
+from .._json import dumps, loads
+from ..boundary import ErrorBoundary
+from ..commands import CommandSpec, SlashCall, parse_commands, split_words
+from ..encoding import Chunk
+from ..entry import DEFAULT_MAX_BODY, NativeEntry, native_answer, send_native, text_chunk
+from ..exchange import Exchange, get_exchange
+from ..routing import route_of
 from ..schemas import ChatRequest, GenerateRequest, NativeRequest
 from ..types import ASGIApp, Receive, Scope, Send
-from ._commands import CommandSpec, SlashCall, prepare_request, split_words
-
-DEFAULT_MAX_BODY = 64 * 1024 * 1024
-_KINDS = {"/api/chat": "chat", "/api/generate": "generate"}
 
 
 @dataclass
 class Reply:
     """An answer made by the proxy itself, encoded like a model answer in the client's
-    dialect (native or OpenAI, streaming or not)."""
+    dialect (native, OpenAI, Responses or Anthropic; streaming or not)."""
 
     text: str
     thinking: str | None = None
@@ -59,36 +52,6 @@ def with_text(chunk: Chunk, text: str) -> Chunk:
     return chunk
 
 
-def text_chunk(exchange: Exchange, text: str, *, thinking: str | None = None) -> Chunk:
-    """A new native content chunk for this exchange (chat or generate)."""
-    model = exchange.request.model or ""
-    if exchange.kind == "generate":
-        chunk: Chunk = {"model": model, "created_at": now_rfc3339(), "response": text}
-        if thinking:
-            chunk["thinking"] = thinking
-    else:
-        message: dict[str, Any] = {"role": "assistant", "content": text}
-        if thinking:
-            message["thinking"] = thinking
-        chunk = {"model": model, "created_at": now_rfc3339(), "message": message}
-    chunk["done"] = False
-    return chunk
-
-
-async def send_reply(exchange: Exchange, reply: Reply, send: Send) -> None:
-    """Answer with ``reply`` as if the model had said it: one content chunk and a final one,
-    through the transforms registered so far and the exchange's encoder."""
-    exchange.response_handled = True
-    writer = ResponseWriter(exchange, send)
-    streaming = getattr(exchange.request, "streaming", False)
-    content_type = b"application/x-ndjson" if streaming else b"application/json; charset=utf-8"
-    await writer.start(200, [(b"content-type", content_type)])
-    final = text_chunk(exchange, "")
-    final.update(done=True, done_reason="stop", total_duration=0, eval_count=0, prompt_eval_count=0)
-    await writer.chunks([text_chunk(exchange, reply.text, thinking=reply.thinking), final])
-    await writer.end()
-
-
 class Agent:
     """Base class of agents: pure ASGI middleware around any app that speaks Ollama.
 
@@ -105,8 +68,9 @@ class Agent:
     - ``on_end(text)``: at the end of the answer, return text to append (or, with
       ``buffer = True``, ``text`` is the whole answer and the return value replaces it).
 
-    Hooks run on a fresh copy of the agent for each request, so ``self.x = ...`` in a hook
-    is per-request state. ``self.exchange`` and ``self.call`` are set on that copy.
+    Hooks run on a fresh copy of the agent for each request (its options deep-copied), so
+    ``self.x = ...`` in a hook is per-request state. ``self.exchange`` and ``self.call`` are
+    set on that copy.
     """
 
     name: ClassVar[str] = ""
@@ -122,6 +86,7 @@ class Agent:
 
     exchange: Exchange
     call: SlashCall | None
+    options: Any
 
     def __init__(
         self,
@@ -135,14 +100,16 @@ class Agent:
             raise ValueError("prefix must not be empty")
         self.app = app
         self.prefix = prefix
-        self.max_body_bytes = max_body_bytes
         self._words = self.command_words()
         try:
-            self.options: Any = self.Options(**options)
+            self.options = self.Options(**options)
         except ValidationError as exc:
             raise ValueError(
                 f"invalid options for agent {self.name or type(self).__name__}: {exc}"
-            ) from exc
+            ) from None
+        # Used alone, with no exchange made above it: the agent makes its own, with the same
+        # entry and error boundary as the proxy's.
+        self._alone = ErrorBoundary(NativeEntry(self._handle, max_body_bytes=max_body_bytes))
 
     # -- what a subclass overrides -------------------------------------------------------
 
@@ -169,78 +136,71 @@ class Agent:
         return split_words(cls.arity)(text)
 
     @classmethod
+    def replay_key(cls, call: SlashCall) -> Hashable | None:
+        """What a replayed session command overrides: of the earlier commands with the same
+        key only the last is applied again (``None``, the default: each is applied)."""
+        return None
+
+    @classmethod
     def command_words(cls) -> dict[str, CommandSpec]:
         if not cls.name:
             return {}
-        spec = CommandSpec(cls.name, cls.split, cls.session)
+        spec = CommandSpec(cls.name, cls.split, cls.session, cls.replay_key)
         return dict.fromkeys((cls.name, *cls.aliases), spec)
 
     async def call_ollama(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         """Call the app below with a native request (``/api/show``...); JSON answer."""
-        import json
-
         raw = dumps(body) if body is not None else b""
-        status, data = await call_native(self.app, self._scope, method, path, raw)
+        status, data = await side_request(self.app, self._scope, method, path, raw)
         try:
-            return status, json.loads(data) if data else None
+            return status, loads(data) if data else None
         except ValueError:
             return status, data.decode("utf-8", "replace")
 
     # -- ASGI plumbing ---------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         exchange = get_exchange(scope)
         if exchange is None:
-            path = get_route_path(scope)
-            kind = _KINDS.get(path)
-            if kind is None:
+            if scope["method"] == "POST" and route_of(scope).kind in ("chat", "generate"):
+                await self._alone(scope, receive, send)
+            else:
                 await self.app(scope, receive, send)
-                return
-            try:
-                exchange = await parse_exchange(scope, receive, kind, self.max_body_bytes)  # type: ignore[arg-type]
-            except ClientDisconnected:
-                return
-            except ProxyError as exc:
-                await send_proxy_error(send, dialect_for_path(path), exc)
-                return
-            await call_with_exchange(self._handle, scope, receive, send, exchange, path)
-            return
-        if exchange.kind not in ("chat", "generate"):
-            await self.app(scope, receive, send)
             return
         await self._handle(scope, receive, send)
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         exchange = get_exchange(scope)
-        if exchange is None:  # pragma: no cover - __call__ always puts one there
-            raise RuntimeError("agent called without an exchange")
+        if exchange is None or exchange.kind not in ("chat", "generate"):
+            await self.app(scope, receive, send)
+            return
         prepare_commands(exchange, self.prefix, self._words)
         words = self._words
-        current: SlashCall | None = exchange.command
+        current = exchange.command
         call = current if current is not None and current.name in words else None
         replays = [c for c in exchange.replays if c.name in words] if exchange.replays else []
         if call is None and not replays and self.activation != "always":
             await self.app(scope, receive, send)
             return
-        exchange.changed = True  # the hooks may change the request in place
+        exchange.changed()  # the hooks may change the request in place
         handler = copy.copy(self)
+        handler.options = self.options.model_copy(deep=True)
         handler.exchange = exchange
         handler._scope = scope
-        request = exchange.request
-        try:
-            for replay in replays:
-                handler.call = replay
-                await handler.on_request(request, replay)
-            handler.call = call
-            reply = await handler.on_request(request, call)
-        except ProxyError as exc:
-            await send_proxy_error(send, exchange.dialect, exc)
-            return
+        request = cast(ChatRequest | GenerateRequest, exchange.request)  # chat or generate
+        for replay in replays:
+            handler.call = replay
+            await handler.on_request(request, replay)
+        handler.call = call
+        reply = await handler.on_request(request, call)
         if reply is not None:
-            await send_reply(exchange, reply, send)
+            stream = getattr(request, "streaming", False)
+            await send_native(
+                send, native_answer(exchange, reply.text, thinking=reply.thinking), stream=stream
+            )
             return
         if handler._wants_response():
             exchange.transforms.append(_Transform(handler))
@@ -262,12 +222,12 @@ def prepare_commands(exchange: Exchange, prefix: str, words: dict[str, CommandSp
     known.update(new)
     if not isinstance(exchange.request, ChatRequest | GenerateRequest):
         return
-    current, replays, touched = prepare_request(exchange.request, prefix, new)
-    if touched:
-        exchange.changed = True
+    found = parse_commands(exchange.request, prefix, new)
+    if found.changed:
+        exchange.changed()
     if exchange.command is None:
-        exchange.command = current
-    exchange.replays.extend(replays)
+        exchange.command = found.current
+    exchange.replays.extend(found.replays)
 
 
 class _Transform:
@@ -293,13 +253,4 @@ class _Transform:
         return held if replacement is None else [text_chunk(exchange, replacement)]
 
 
-__all__ = [
-    "Agent",
-    "NoOptions",
-    "Reply",
-    "RequestError",
-    "SlashCall",
-    "chunk_text",
-    "text_chunk",
-    "with_text",
-]
+__all__ = ["Agent", "NoOptions", "Reply", "chunk_text", "prepare_commands", "with_text"]

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Hashable
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
+
+from ..commands import SlashCall, split_words
 from ..schemas import ChatRequest, GenerateRequest, Message, NativeRequest
-from ._commands import SlashCall, split_words
 from .base import Agent, Reply
 
 INT_OPTIONS = frozenset(
@@ -54,7 +57,7 @@ def unset(request: NativeRequest, field: str) -> None:
 
 
 def set_system(request: NativeRequest, text: str) -> None:
-    """Exactly one system message, just before the last user message."""
+    """Exactly one system message, just before the last user message (one pass)."""
     if isinstance(request, GenerateRequest):
         request.system = text
         return
@@ -85,6 +88,16 @@ class SetCommand(Agent):
         count = {"parameter": 3, "format": 2}.get(sub, 1)
         return split_words(count)(text)
 
+    @classmethod
+    def replay_key(cls, call: SlashCall) -> Hashable | None:
+        # A later /set of the same thing overrides an earlier one, so only the last is
+        # applied again; stop sequences add up, so each is.
+        sub = call.args[0].lower() if call.args else ""
+        if sub == "parameter":
+            name = call.args[1] if len(call.args) > 1 else ""
+            return None if name in LIST_OPTIONS else ("parameter", name)
+        return {"noformat": "format", "nothink": "think"}.get(sub, sub)
+
     async def on_request(self, request: NativeRequest, call: SlashCall | None) -> Reply | None:
         if call is None:
             return None
@@ -111,10 +124,12 @@ class SetCommand(Agent):
                     f"Unknown parameter '{name}'. Parameters: {', '.join(ALL_OPTIONS)}"
                 )
             value = typed_value(name, raw)
-            options = dict(request.options or {})
-            if name in LIST_OPTIONS:
-                value = list(options.get(name) or []) + value
-            options[name] = value
+            options = request.options if request.options is not None else {}
+            current = options.get(name)
+            if name in LIST_OPTIONS and isinstance(current, list):
+                current.extend(value)  # in place: many replayed stops stay linear
+            else:
+                options[name] = value
             request.options = options
             return f"Set parameter '{name}' to '{raw}'"
         if sub == "system":
@@ -151,6 +166,10 @@ class LoadCommand(Agent):
     priority = 20
     session = True
     arity = 1
+
+    @classmethod
+    def replay_key(cls, call: SlashCall) -> Hashable | None:
+        return "model"  # the last /load wins
 
     async def on_request(self, request: NativeRequest, call: SlashCall | None) -> Reply | None:
         if call is None:
@@ -210,19 +229,38 @@ class ClearCommand(Agent):
         return Reply("Cleared session context.")
 
 
+class CommandInfo(BaseModel):
+    """One line of ``/help``."""
+
+    name: str
+    summary: str = ""
+    usage: str = ""
+
+
+class HelpOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    #: The commands to list (the proxy sets every enabled agent's; alone: only /help).
+    commands: list[CommandInfo] | None = None
+
+
 class HelpCommand(Agent):
     name = "help"
     aliases = ("?",)
     summary = "List the available commands"
     usage = "/help"
     priority = 0
+    Options = HelpOptions
 
     async def on_request(self, request: NativeRequest, call: SlashCall | None) -> Reply | None:
         if call is None or call.replay:
             return None
-        listed = self.exchange.state.get("agents") or [(self.name, self.summary, self.usage)]
+        listed = self.options.commands or [
+            CommandInfo(name=self.name, summary=self.summary, usage=self.usage)
+        ]
         lines = ["Available commands:"]
-        for name, summary, usage in listed:
+        for info in listed:
+            name, summary, usage = info.name, info.summary, info.usage
             lines.append(f"  {self.prefix}{name:<12} {summary}")
             usage = re.sub(r"(^|\| )/", lambda m: m.group(1) + self.prefix, usage)
             if usage and usage != f"{self.prefix}{name}":
@@ -239,3 +277,18 @@ BUILTIN_AGENTS: tuple[type[Agent], ...] = (
     LoadCommand,
     ShowCommand,
 )
+
+
+__all__ = [
+    "ALL_OPTIONS",
+    "BUILTIN_AGENTS",
+    "ClearCommand",
+    "CommandInfo",
+    "HelpCommand",
+    "LoadCommand",
+    "SetCommand",
+    "ShowCommand",
+    "set_system",
+    "typed_value",
+    "unset",
+]

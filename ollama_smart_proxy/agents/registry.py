@@ -7,7 +7,7 @@ import inspect
 import json
 import logging
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -15,12 +15,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ..commands import CommandSpec
+from ..entry import DEFAULT_MAX_BODY
 from ..exchange import get_exchange
-from ..settings import Settings
 from ..types import ASGIApp, Receive, Scope, Send
-from ._commands import CommandSpec
 from .base import Agent, prepare_commands
-from .builtins import BUILTIN_AGENTS
+from .builtins import BUILTIN_AGENTS, HelpCommand
 
 logger = logging.getLogger("ollama_smart_proxy.agents")
 
@@ -79,40 +79,48 @@ class AgentRegistry:
     @classmethod
     def discover(
         cls,
-        settings: Settings,
         agents: Iterable[type[Agent]] = (),
         *,
         builtins: bool = True,
-        use_entry_points: bool = True,
+        entry_points: bool = True,
+        plugins_dirs: Iterable[str | Path] = (),
+        agent_options: Mapping[str, Mapping[str, Any]] | None = None,
+        enabled: Collection[str] | None = None,
+        disabled: Collection[str] = (),
+        order: Sequence[str] = (),
     ) -> AgentRegistry:
-        """Built-ins, then ``agents`` given in code, entry points, and plugin folders."""
+        """Built-ins, then ``agents`` given in code, entry points, and plugin folders.
+
+        ``agent_options`` are options per agent name (over a plugin's ``config.json``);
+        ``enabled`` (``None``: all) and ``disabled`` pick the agents that run; ``order``
+        puts some first, outermost first.
+        """
         registry = cls()
         found: list[tuple[type[Agent], str, dict[str, Any]]] = []
         if builtins:
             found += [(agent, "builtin", {}) for agent in BUILTIN_AGENTS]
         found += [(agent, "code", {}) for agent in agents]
-        if use_entry_points:
+        if entry_points:
             found += registry._from_entry_points()
-        for folder in settings.plugins_dirs:
+        for folder in plugins_dirs:
             found += registry._from_folder(Path(folder))
         seen: dict[str, str] = {}
+        configured = agent_options or {}
         for agent, source, config in found:
             name = agent.name or agent.__name__
             if name in seen:
                 registry._error(source, f"agent name '{name}' is already used by {seen[name]}")
                 continue
-            options = {**config, **settings.agent_options.get(name, {})}
+            options = {**config, **configured.get(name, {})}
             try:
                 agent.Options(**options)
             except ValidationError as exc:
                 registry._error(source, f"invalid options for '{name}': {_first_error(exc)}")
                 continue
             seen[name] = source
-            enabled = name not in settings.disabled_agents and (
-                settings.enabled_agents is None or name in settings.enabled_agents
-            )
-            registry.specs.append(AgentSpec(agent, source, options, enabled))
-        registry._order = list(settings.agent_order)
+            runs = name not in disabled and (enabled is None or name in enabled)
+            registry.specs.append(AgentSpec(agent, source, options, runs))
+        registry._order = list(order)
         return registry
 
     _order: list[str] = []
@@ -183,27 +191,27 @@ class AgentRegistry:
             words.update(spec.cls.command_words())
         return words
 
-    def listing(self) -> list[tuple[str, str, str]]:
-        return [(s.name, s.cls.summary, s.cls.usage) for s in self.ordered() if s.cls.name]
+    def listing(self) -> list[dict[str, str]]:
+        """What ``/help`` lists: every enabled command."""
+        return [
+            {"name": s.name, "summary": s.cls.summary, "usage": s.cls.usage}
+            for s in self.ordered()
+            if s.cls.name
+        ]
 
-    def build(self, app: ASGIApp, settings: Settings) -> ASGIApp:
+    def build(
+        self, app: ASGIApp, *, prefix: str = "/", max_body_bytes: int = DEFAULT_MAX_BODY
+    ) -> ASGIApp:
         """Wrap ``app`` in every enabled agent, outermost first, under one command parser."""
+        listing = self.listing()
         stack = app
         for spec in reversed(self.ordered()):
-            stack = spec.cls(
-                stack,
-                prefix=settings.command_prefix,
-                max_body_bytes=settings.max_body_bytes,
-                **spec.options,
-            )
+            options = dict(spec.options)
+            if issubclass(spec.cls, HelpCommand) and "commands" not in options:
+                options["commands"] = listing
+            stack = spec.cls(stack, prefix=prefix, max_body_bytes=max_body_bytes, **options)
         always = any(spec.cls.activation == "always" for spec in self.ordered())
-        return CommandParser(
-            stack,
-            self.words(),
-            self.listing(),
-            settings.command_prefix,
-            app if not always else None,
-        )
+        return CommandParser(stack, self.words(), prefix, app if not always else None)
 
     def describe(self) -> dict[str, Any]:
         order = {spec.name: index for index, spec in enumerate(self.ordered())}
@@ -221,13 +229,11 @@ class CommandParser:
         self,
         app: ASGIApp,
         words: dict[str, CommandSpec],
-        listing: list[tuple[str, str, str]],
         prefix: str,
         terminal: ASGIApp | None = None,
     ) -> None:
         self.app = app
         self.words = words
-        self.listing = listing
         self.prefix = prefix
         #: The app under every agent, when no agent is always on: a request with no command
         #: goes straight there instead of through layers that would all pass it on.
@@ -236,12 +242,14 @@ class CommandParser:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         exchange = get_exchange(scope)
         if exchange is not None and exchange.kind in ("chat", "generate"):
-            exchange.state["agents"] = self.listing
             prepare_commands(exchange, self.prefix, self.words)
-            if self.terminal is not None and exchange.command is None and not exchange.replays:
-                await self.terminal(scope, receive, send)
+            if exchange.command is not None or exchange.replays:
+                await self.app(scope, receive, send)
                 return
-        await self.app(scope, receive, send)
+        if self.terminal is not None:
+            await self.terminal(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
 
 def _import_agents(name: str, path: Path) -> list[type[Agent]]:
@@ -270,3 +278,6 @@ def _first_error(exc: ValidationError) -> str:
     error = exc.errors(include_url=False)[0]
     loc = ".".join(str(part) for part in error["loc"])
     return f"{loc}: {error['msg']}" if loc else error["msg"]
+
+
+__all__ = ["ENTRY_POINT_GROUP", "AgentRegistry", "AgentSpec", "CommandParser", "LoadError"]

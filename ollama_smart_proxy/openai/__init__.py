@@ -1,4 +1,4 @@
-"""The OpenAI-compatible API: ``OpenAICompat`` middleware, translation and encoders."""
+"""The OpenAI-compatible API: ``OpenAICompat`` middleware, translation and rendering."""
 
 from __future__ import annotations
 

@@ -2,147 +2,158 @@
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from typing import Any
 
-from starlette._utils import get_route_path
-
-from .._responses import send_body
-from ..encoders import dumps
-from ..errors import ProxyError, send_error, send_proxy_error
-from ..exchange import ClientDisconnected, Exchange, call_native, call_with_exchange, read_body
-from ..settings import Settings
+from .._http import read_body, send_body, side_request
+from .._json import dumps, loads, parse_body
+from .._ndjson import DEFAULT_MAX_LINE_BYTES
+from .._pipeline import error_message
+from ..entry import DEFAULT_MAX_BODY, run_exchange
+from ..errors import ProxyError, UpstreamError, UpstreamStatusError
+from ..exchange import Exchange
+from ..routing import route_of
+from ..schemas import too_many_messages
 from ..types import ASGIApp, Receive, Scope, Send
-from .encoders import (
+from .render import (
     ChatCompletionEncoder,
     CompletionEncoder,
     EmbeddingEncoder,
+    alias_object,
     model_object,
     models_list,
-    openai_error,
 )
-from .translate import OpenAIRequestError, chat_request, completion_request, embedding_request
+from .translate import (
+    OpenAIRequestError,
+    Unsupported,
+    chat_request,
+    completion_request,
+    embedding_request,
+)
 
-#: OpenAI paths, served under /v1 and bare (none collides with a native route).
-ROUTES = ("/chat/completions", "/completions", "/embeddings", "/models")
 
-
-def openai_route(path: str) -> str | None:
-    """The OpenAI route a path asks for (``/v1/models/x`` -> ``/models/x``), or ``None``."""
-    sub = path[3:] if path.startswith("/v1/") else path
-    if sub in ROUTES or sub.startswith("/models/"):
-        return sub
-    return None
+async def read_json_object(scope: Scope, receive: Receive, max_bytes: int) -> dict[str, Any]:
+    """Read and parse a JSON object body, or raise a 400 that says what is wrong."""
+    raw = await read_body(scope, receive, max_bytes)
+    if not raw.strip():
+        raise OpenAIRequestError("the request body is empty; send a JSON object")
+    try:
+        body = parse_body(raw)
+    except ValueError as exc:
+        raise OpenAIRequestError(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise OpenAIRequestError("the request body must be a JSON object")
+    return body
 
 
 class OpenAICompat:
     """Serve ``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings`` and
-    ``/v1/models[/{model}]`` in front of an ASGI app that speaks Ollama's native API.
+    ``/v1/models[/{model}]`` (also without ``/v1``) in front of an ASGI app that speaks
+    Ollama's native API.
 
     Each request is translated into one native exchange (so agents and the model loader
-    below see a canonical native request), the path is rewritten, and the native answer is
-    encoded back as OpenAI JSON or SSE. Other paths pass through to ``app``.
+    below see a canonical native request) on ``/api/chat``, ``/api/generate`` or
+    ``/api/embed``, and the native answer is encoded back as OpenAI JSON or SSE. Other
+    paths pass through to ``app``.
+
+    ``OpenAICompat(app, *, unsupported="error", aliases={}, max_body_bytes=64 MiB,
+    max_messages=None, max_line_bytes=16 MiB)``: ``unsupported`` is what happens to OpenAI
+    fields Ollama cannot honour (a 400 naming the field, or ``"ignore"``); ``aliases`` are
+    listed by ``/v1/models``.
     """
 
     def __init__(
-        self, app: ASGIApp, *, settings: Settings | None = None, inner_encodes: bool = False
+        self,
+        app: ASGIApp,
+        *,
+        unsupported: Unsupported = "error",
+        aliases: Mapping[str, str] | None = None,
+        max_body_bytes: int = DEFAULT_MAX_BODY,
+        max_messages: int | None = None,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     ) -> None:
+        if unsupported not in ("error", "ignore"):
+            raise ValueError("unsupported must be 'error' or 'ignore'")
         self.app = app
-        self.settings = settings or Settings()
-        #: The app below always encodes responses itself (the proxy's own stack does).
-        self.inner_encodes = inner_encodes
+        self.unsupported: Unsupported = unsupported
+        self.aliases = dict(aliases or {})
+        self.max_body_bytes = max_body_bytes
+        self.max_messages = max_messages
+        self.max_line_bytes = max_line_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = get_route_path(scope)
-        route = openai_route(path)
-        if route is None:
-            if path.startswith("/v1/") or path == "/v1":
-                await send_error(send, "openai", f"no route for {scope['method']} {path}", 404)
-            else:
-                await self.app(scope, receive, send)
+        route = route_of(scope)
+        if route.family != "openai":
+            await self.app(scope, receive, send)
             return
         method = scope["method"]
-        try:
-            if route.startswith("/models"):
-                if method not in ("GET", "HEAD"):
-                    raise ProxyError(f"{method} is not allowed on {path}", status_code=405)
-                if route == "/models":
-                    await self._list_models(scope, receive, send)
-                else:
-                    await self._retrieve_model(scope, receive, send, route[len("/models/") :])
-                return
-            if method != "POST":
-                raise ProxyError(f"{method} is not allowed on {path}; use POST", status_code=405)
-            body = await self._read_json(scope, receive)
-            exchange, native_path = self._translate(route, body)
-        except ClientDisconnected:
+        if route.kind in ("openai.models", "openai.model"):
+            if method not in ("GET", "HEAD"):
+                raise ProxyError(f"{method} is not allowed on {route.path}", status_code=405)
+            if route.kind == "openai.models":
+                await self._list_models(scope, send)
+            else:
+                await self._retrieve_model(scope, send, route.path.split("/models/", 1)[1])
             return
-        except ProxyError as exc:
-            await send_proxy_error(send, "openai", exc)
-            return
-        await call_with_exchange(
-            self.app, scope, receive, send, exchange, native_path, inner_encodes=self.inner_encodes
+        if method != "POST":
+            raise ProxyError(f"{method} is not allowed on {route.path}; use POST", status_code=405)
+        body = await read_json_object(scope, receive, self.max_body_bytes)
+        exchange, encoder, path = self._translate(route.kind, body)
+        await run_exchange(
+            self.app,
+            scope,
+            receive,
+            send,
+            exchange,
+            encoder,
+            path=path,
+            max_line_bytes=self.max_line_bytes,
         )
 
-    async def _read_json(self, scope: Scope, receive: Receive) -> dict[str, Any]:
-        raw = await read_body(scope, receive, self.settings.max_body_bytes)
-        if not raw.strip():
-            raise OpenAIRequestError("the request body is empty; send a JSON object")
-        try:
-            body = json.loads(raw)
-        except ValueError as exc:
-            raise OpenAIRequestError(f"the request body is not valid JSON: {exc}") from None
-        if not isinstance(body, dict):
-            raise OpenAIRequestError("the request body must be a JSON object")
-        return body
-
-    def _translate(self, route: str, body: dict[str, Any]) -> tuple[Exchange, str]:
-        policy = self.settings.openai_unsupported
-        if route == "/chat/completions":
-            chat, options = chat_request(body, policy)
+    def _translate(self, kind: str, body: dict[str, Any]) -> tuple[Exchange, Any, str]:
+        if kind == "openai.chat":
+            messages = body.get("messages")
+            limit = self.max_messages
+            if limit is not None and isinstance(messages, list) and len(messages) > limit:
+                raise too_many_messages(len(messages), limit)
+            chat, options = chat_request(body, self.unsupported)
             encoder: Any = ChatCompletionEncoder(
                 options.model, options.stream, options.include_usage
             )
-            return Exchange("chat", chat, dialect="openai", encoder=encoder), "/api/chat"
-        if route == "/completions":
-            generate, options = completion_request(body, policy)
+            return Exchange("chat", chat, dialect="openai"), encoder, "/api/chat"
+        if kind == "openai.completions":
+            generate, options = completion_request(body, self.unsupported)
             encoder = CompletionEncoder(options.model, options.stream, options.include_usage)
-            return Exchange(
-                "generate", generate, dialect="openai", encoder=encoder
-            ), "/api/generate"
+            return Exchange("generate", generate, dialect="openai"), encoder, "/api/generate"
         embed, model, fmt = embedding_request(body)
         encoder = EmbeddingEncoder(model, fmt)
-        return Exchange("embed", embed, dialect="openai", encoder=encoder), "/api/embed"
+        return Exchange("embed", embed, dialect="openai"), encoder, "/api/embed"
 
-    async def _list_models(self, scope: Scope, receive: Receive, send: Send) -> None:
-        status, body = await call_native(self.app, scope, "GET", "/api/tags")
+    async def _native_json(self, scope: Scope, method: str, path: str, body: bytes = b"") -> Any:
+        status, data = await side_request(self.app, scope, method, path, body)
         if status != 200:
-            await send_body(send, *openai_error(status, body)[:2])
-            return
+            raise UpstreamStatusError(error_message(data, status), status_code=status)
         try:
-            tags = json.loads(body)
+            return loads(data)
         except ValueError:
-            raise ProxyError("Ollama sent a model list that is not JSON", status_code=502) from None
-        await send_body(send, 200, dumps(models_list(tags, self.settings.aliases)))
+            raise UpstreamError(f"Ollama answered {path} with a body that is not JSON") from None
 
-    async def _retrieve_model(self, scope: Scope, receive: Receive, send: Send, model: str) -> None:
-        if model in self.settings.aliases:
-            await send_body(
-                send, 200, dumps({**model_object(model, None), "owned_by": "ollama-smart-proxy"})
-            )
+    async def _list_models(self, scope: Scope, send: Send) -> None:
+        tags = await self._native_json(scope, "GET", "/api/tags")
+        if not isinstance(tags, dict):
+            raise UpstreamError("Ollama answered /api/tags with something that is not an object")
+        await send_body(send, 200, dumps(models_list(tags, self.aliases)))
+
+    async def _retrieve_model(self, scope: Scope, send: Send, model: str) -> None:
+        if model in self.aliases:
+            await send_body(send, 200, dumps(alias_object(model)))
             return
-        request = dumps({"model": model})
-        status, body = await call_native(self.app, scope, "POST", "/api/show", request)
-        if status != 200:
-            await send_body(send, *openai_error(status, body)[:2])
-            return
-        try:
-            shown = json.loads(body)
-        except ValueError:
-            raise ProxyError(
-                "Ollama sent model details that are not JSON", status_code=502
-            ) from None
-        await send_body(send, 200, dumps(model_object(model, shown.get("modified_at"))))
+        shown = await self._native_json(scope, "POST", "/api/show", dumps({"model": model}))
+        modified = shown.get("modified_at") if isinstance(shown, dict) else None
+        await send_body(send, 200, dumps(model_object(model, modified)))
+
+
+__all__ = ["OpenAICompat", "read_json_object"]

@@ -10,12 +10,16 @@ import base64
 import binascii
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
+from pydantic import BaseModel, ValidationError
+
+from .._json import parse_body
 from ..errors import RequestError
-from ..schemas import ChatRequest, EmbedRequest, GenerateRequest
+from ..schemas import ChatRequest, EmbedRequest, GenerateRequest, describe_validation_error
 
 Unsupported = Literal["error", "ignore"]
+_Request = TypeVar("_Request", bound=BaseModel)
 
 _DATA_URL = re.compile(r"^data:(image/(?:jpeg|jpg|png|webp))?;base64,(.*)$", re.DOTALL | re.I)
 
@@ -182,7 +186,8 @@ def _format(body: dict[str, Any]) -> str | dict[str, Any] | None:
     if kind == "json_object":
         return "json"
     if kind == "json_schema":
-        schema = (response_format.get("json_schema") or {}).get("schema")
+        json_schema = response_format.get("json_schema")
+        schema = json_schema.get("schema") if isinstance(json_schema, dict) else None
         if not isinstance(schema, dict):
             raise OpenAIRequestError(
                 "'response_format.json_schema.schema' must be a JSON schema object",
@@ -234,10 +239,8 @@ def _tool_calls(calls: Any, param: str) -> list[dict[str, Any]]:
             raise OpenAIRequestError(f"'{where}.function.name' is required", f"{where}.function")
         arguments = function.get("arguments") or "{}"
         if isinstance(arguments, str):
-            import json
-
             try:
-                arguments = json.loads(arguments)
+                arguments = parse_body(arguments.encode())
             except ValueError:
                 arguments = None
         if not isinstance(arguments, dict):
@@ -248,8 +251,11 @@ def _tool_calls(calls: Any, param: str) -> list[dict[str, Any]]:
         item: dict[str, Any] = {
             "function": {"index": index, "name": function["name"], "arguments": arguments}
         }
-        if call.get("id"):
-            item["id"] = call["id"]
+        call_id = call.get("id")
+        if call_id is not None and not isinstance(call_id, str):
+            raise OpenAIRequestError(f"'{where}.id' must be a string", f"{where}.id")
+        if call_id:
+            item["id"] = call_id
         native.append(item)
     return native
 
@@ -334,12 +340,14 @@ def _tools(body: dict[str, Any]) -> list[dict[str, Any]] | None:
     if choice == "none":
         return None
     if isinstance(choice, dict):
-        name = (choice.get("function") or {}).get("name")
-        chosen = [
-            t
-            for t in tools
-            if isinstance(t, dict) and (t.get("function") or {}).get("name") == name
-        ]
+        function = choice.get("function")
+        name = function.get("name") if isinstance(function, dict) else None
+        if not isinstance(name, str):
+            raise OpenAIRequestError(
+                "'tool_choice.function.name' must name a function in 'tools'",
+                "tool_choice.function.name",
+            )
+        chosen = [tool for tool in tools if _tool_name(tool) == name]
         if not chosen:
             raise OpenAIRequestError(
                 f"'tool_choice' names the function {name!r}, which is not in 'tools'",
@@ -350,6 +358,19 @@ def _tools(body: dict[str, Any]) -> list[dict[str, Any]] | None:
         '\'tool_choice\' must be none, auto, required or {"type": "function", ...}',
         "tool_choice",
     )
+
+
+def _tool_name(tool: Any) -> str | None:
+    function = tool.get("function") if isinstance(tool, dict) else None
+    name = function.get("name") if isinstance(function, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def _validate(model: type[_Request], native: dict[str, Any]) -> _Request:
+    try:
+        return model.model_validate(native)
+    except ValidationError as exc:
+        raise OpenAIRequestError(describe_validation_error(exc)) from None
 
 
 def _common(body: dict[str, Any]) -> dict[str, Any]:
@@ -413,8 +434,7 @@ def chat_request(
     tools = _tools(body)
     if tools:
         native["tools"] = tools
-    request = ChatRequest.model_validate(native)
-    return request, options
+    return _validate(ChatRequest, native), options
 
 
 _COMPLETION_UNSUPPORTED = {
@@ -441,8 +461,7 @@ def completion_request(
     if body.get("suffix") is not None:
         native["suffix"] = _expect(body["suffix"], str, "suffix", "a string")
     options = _sampling(body, native)
-    request = GenerateRequest.model_validate(native)
-    return request, options
+    return _validate(GenerateRequest, native), options
 
 
 def embedding_request(body: dict[str, Any]) -> tuple[EmbedRequest, str, str]:
@@ -476,4 +495,4 @@ def embedding_request(body: dict[str, Any]) -> tuple[EmbedRequest, str, str]:
     options = body.get("options")
     if isinstance(options, dict):
         native["options"] = options
-    return EmbedRequest.model_validate(native), str(body.get("model") or ""), fmt.lower()
+    return _validate(EmbedRequest, native), str(body.get("model") or ""), fmt.lower()

@@ -24,7 +24,7 @@ from typing import Any
 
 import anyio
 
-from ..encoders import now_rfc3339 as _now
+from .._json import now_rfc3339 as _now
 from ..types import Message, Receive, Scope, Send
 
 Chunk = dict[str, Any]
@@ -236,9 +236,13 @@ class FakeOllama:
             body += message.get("body", b"")
             if not message.get("more_body", False):
                 break
+        path: str = scope["path"]
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):  # mounted: route below the mount point
+            path = path[len(root) :] or "/"
         request = RecordedRequest(
             method=scope["method"],
-            path=scope["path"],
+            path=path,
             query=scope.get("query_string", b"").decode("latin-1"),
             headers={k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]},
             body=bytes(body),

@@ -13,11 +13,10 @@ import pytest
 from pydantic import BaseModel
 
 from ollama_smart_proxy import Settings, SmartProxy
-from ollama_smart_proxy.agents import Agent, Reply, SlashCall, chunk_text, with_text
-from ollama_smart_proxy.encoders import Chunk
+from ollama_smart_proxy.agents import Agent, Chunk, Reply, SlashCall, chunk_text, with_text
 from ollama_smart_proxy.schemas import NativeRequest
 from ollama_smart_proxy.testing import FakeOllama, FakeReply
-from tests.conftest import upstream_client
+from tests.conftest import upstream
 
 pytestmark = pytest.mark.anyio
 
@@ -306,7 +305,7 @@ class Signature(Agent):
 
 def proxy_with(fake: FakeOllama, *agents: type[Agent], **settings: Any) -> httpx.AsyncClient:
     app = SmartProxy(
-        Settings(**settings), agents=agents, client=upstream_client(fake), entry_points=False
+        Settings(**settings), agents=agents, transport=upstream(fake), entry_points=False
     )
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://p")
 
@@ -445,7 +444,7 @@ async def test_entry_points(fake: FakeOllama, monkeypatch: pytest.MonkeyPatch) -
         EntryPoint("notagent", "tests.unit.test_agents:user", group),
     ]
     monkeypatch.setattr("ollama_smart_proxy.agents.registry.entry_points", lambda group: points)
-    app = SmartProxy(client=upstream_client(fake))
+    app = SmartProxy(transport=upstream(fake))
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://p"
     ) as client:

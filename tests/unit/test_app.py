@@ -11,10 +11,10 @@ from asgi_lifespan import LifespanManager
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-from ollama_smart_proxy import Settings, SmartProxy, __version__
-from ollama_smart_proxy._logging import JSONFormatter
-from ollama_smart_proxy.testing import FakeOllama
-from tests.conftest import upstream_client
+from ollama_smart_proxy import SmartProxy, __version__
+from ollama_smart_proxy.access_log import JSONFormatter
+from ollama_smart_proxy.testing import FakeOllama, StreamingASGITransport
+from tests.conftest import upstream
 
 pytestmark = pytest.mark.anyio
 
@@ -37,23 +37,32 @@ async def test_health_503_when_upstream_errors() -> None:
         await send({"type": "http.response.start", "status": 500, "headers": []})  # type: ignore[operator]
         await send({"type": "http.response.body", "body": b"boom"})  # type: ignore[operator]
 
-    async with SmartProxy(client=upstream_client(broken)) as proxy:
+    async with SmartProxy(transport=upstream(broken)) as proxy:
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=proxy), base_url="http://p")
         response = await client.get("/health")
     assert response.status_code == 503
     assert response.json()["reason"] == "Ollama answered /api/version with HTTP 500"
 
 
-async def test_lifespan_opens_and_closes_the_client(fake: FakeOllama) -> None:
-    proxy = SmartProxy(Settings(upstream="http://127.0.0.1:9"))
+class _ClosingTransport(StreamingASGITransport):
+    closed = 0
+
+    async def aclose(self) -> None:
+        self.closed += 1
+
+
+async def test_lifespan_opens_and_closes_the_transport(fake: FakeOllama) -> None:
+    transport = _ClosingTransport(fake)
+    proxy = SmartProxy(transport=transport)
     async with LifespanManager(proxy):
-        client = proxy.upstream.client
-        assert not client.is_closed
-    assert client.is_closed
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=proxy), base_url="http://p")
+        assert (await client.get("/api/tags")).status_code == 200
+        assert transport.closed == 0
+    assert transport.closed == 1
 
 
 async def test_works_mounted_without_lifespan(fake: FakeOllama) -> None:
-    proxy = SmartProxy(client=upstream_client(fake))
+    proxy = SmartProxy(transport=upstream(fake))
     outer = Starlette(routes=[Mount("/llm", app=proxy)])
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=outer), base_url="http://p"

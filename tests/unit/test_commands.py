@@ -8,9 +8,17 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from ollama_smart_proxy.agents import BUILTIN_AGENTS, parse, prepare
-from ollama_smart_proxy.agents._commands import CommandSpec, split_words
-from ollama_smart_proxy.schemas import ChatRequest, GenerateRequest
+from ollama_smart_proxy.agents.builtins import BUILTIN_AGENTS
+from ollama_smart_proxy.commands import CommandSpec, SlashCall, parse, parse_commands, split_words
+from ollama_smart_proxy.schemas import ChatRequest, GenerateRequest, ModelRequest
+
+
+def prepare(
+    request: ModelRequest, prefix: str, words: dict[str, CommandSpec]
+) -> tuple[SlashCall | None, list[SlashCall]]:
+    found = parse_commands(request, prefix, words)
+    return found.current, found.replays
+
 
 WORDS: dict[str, CommandSpec] = {}
 for agent in BUILTIN_AGENTS:

@@ -7,10 +7,9 @@ from typing import Any
 import httpx
 import pytest
 
-from ollama_smart_proxy import Settings, SmartProxy, _streaming, schemas
-from ollama_smart_proxy._aiohttp import AiohttpTransport
-from ollama_smart_proxy._http11 import HTTP11Transport
+from ollama_smart_proxy import Settings, SmartProxy, _pipeline, schemas
 from ollama_smart_proxy.testing import FakeOllama, serve_in_thread
+from ollama_smart_proxy.transports import HTTP11Transport
 
 pytestmark = pytest.mark.anyio
 
@@ -29,15 +28,15 @@ class Counter:
 
 @pytest.fixture
 def decodes(monkeypatch: pytest.MonkeyPatch) -> Counter:
-    counter = Counter(_streaming.loads)
-    monkeypatch.setattr(_streaming, "loads", counter)
+    counter = Counter(_pipeline.loads)
+    monkeypatch.setattr(_pipeline, "loads", counter)
     return counter
 
 
 @pytest.fixture
 def writers(monkeypatch: pytest.MonkeyPatch) -> Counter:
-    counter = Counter(_streaming.ResponseWriter)
-    monkeypatch.setattr("ollama_smart_proxy.upstream.ResponseWriter", counter)
+    counter = Counter(_pipeline.ResponseWriter._emit)
+    monkeypatch.setattr(_pipeline.ResponseWriter, "_emit", counter)
     return counter
 
 
@@ -61,8 +60,8 @@ async def test_translated_stream_decodes_each_line_once(
 async def test_request_body_is_parsed_once(
     client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    counter = Counter(schemas.ChatRequest.model_validate_json)
-    monkeypatch.setattr(schemas.ChatRequest, "model_validate_json", counter)
+    counter = Counter(schemas.ChatRequest.model_validate)
+    monkeypatch.setattr(schemas.ChatRequest, "model_validate", counter)
     dumps = Counter(schemas.dump_request)
     monkeypatch.setattr("ollama_smart_proxy.exchange.dump_request", dumps)
     await client.post("/api/chat", json={**CHAT, "stream": False})
@@ -91,17 +90,12 @@ def test_one_upstream_connection_for_sequential_requests() -> None:
 
 async def test_pool_is_sized_from_settings_not_httpx_default() -> None:
     proxy = SmartProxy(Settings(upstream_max_connections=777))
-    transport = proxy.upstream.client._transport
+    transport = proxy.upstream.transport
     assert isinstance(transport, HTTP11Transport)
     assert transport.limits.max_connections == 777
     await proxy.aclose()
-    proxy = SmartProxy(Settings(upstream_max_connections=666, upstream_transport="aiohttp"))
-    transport = proxy.upstream.client._transport
-    assert isinstance(transport, AiohttpTransport)
-    assert transport.limits.max_connections == 666
-    await proxy.aclose()
     proxy = SmartProxy(Settings(upstream_max_connections=555, upstream_transport="httpx"))
-    pool = proxy.upstream.client._transport._pool  # type: ignore[attr-defined]
+    pool = proxy.upstream.transport._pool  # type: ignore[attr-defined]
     assert pool._max_connections == 555
     await proxy.aclose()
 

@@ -12,12 +12,13 @@ import openai
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ollama_smart_proxy.openai.encoders import (
+from ollama_smart_proxy._pipeline import error_message
+from ollama_smart_proxy.errors import UpstreamStatusError, render_error
+from ollama_smart_proxy.openai.render import (
     ChatCompletionEncoder,
     CompletionEncoder,
     EmbeddingEncoder,
     models_list,
-    openai_error,
     unix_time,
 )
 
@@ -247,8 +248,14 @@ def test_c33_c72_models_list() -> None:
     assert models_list({"models": None}) == {"object": "list", "data": []}
 
 
+def openai_error(status: int, body: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """An upstream error answer, as the error boundary writes it for an OpenAI client."""
+    message = error_message(body, status)
+    return render_error("openai", UpstreamStatusError(message, status_code=status))
+
+
 def test_c36_error_shapes() -> None:
-    status, body, _ = openai_error(400, b'{"error":"model not found"}')
+    status, _, body = openai_error(400, b'{"error":"model not found"}')
     assert status == 400
     assert json.loads(body) == {
         "error": {
@@ -258,10 +265,10 @@ def test_c36_error_shapes() -> None:
             "code": None,
         }
     }
-    _status, body, _ = openai_error(404, b'{"error":"model \'x\' not found"}')
+    _status, _, body = openai_error(404, b'{"error":"model \'x\' not found"}')
     assert json.loads(body)["error"]["code"] == "model_not_found"
     assert json.loads(body)["error"]["type"] == "not_found_error"
-    assert json.loads(openai_error(503, b"busy")[1])["error"]["type"] == "api_error"
+    assert json.loads(openai_error(503, b"busy")[2])["error"]["type"] == "api_error"
 
 
 def test_unix_time_parses_nanoseconds() -> None:

@@ -11,7 +11,7 @@ import pytest
 from ollama_smart_proxy import Settings, SmartProxy
 from ollama_smart_proxy.testing import FakeOllama, FakeReply, StreamingASGITransport
 from ollama_smart_proxy.types import Message, Receive, Scope, Send
-from tests.conftest import upstream_client
+from tests.conftest import upstream
 
 pytestmark = pytest.mark.anyio
 
@@ -137,7 +137,7 @@ async def test_hop_by_hop_and_host_headers_are_not_forwarded(
         },
     )
     sent = fake.requests[-1].headers
-    assert sent["host"] == "ollama.test"
+    assert sent["host"] == "127.0.0.1:11434"  # the upstream's own, never the client's
     for name in ("keep-alive", "te", "proxy-authorization", "x-secret"):
         assert name not in sent
     assert sent.get("connection") in (None, "keep-alive")  # httpx's own, not the client's
@@ -158,18 +158,12 @@ async def test_upstream_unreachable_is_502() -> None:
 async def test_upstream_timeout_is_504(fake: FakeOllama) -> None:
     fake.script(FakeReply(content="late", first_delay=2))
     settings = Settings(upstream_timeout=0.2)
-    async with SmartProxy(settings, client=_client_with_timeout(fake, 0.2)) as proxy:
+    async with SmartProxy(settings, transport=_TimeoutTransport(fake, 0.2)) as proxy:
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=proxy), base_url="http://p")
         with anyio.fail_after(5):
             response = await client.post("/api/chat", json=CHAT)
     assert response.status_code == 504
     assert "did not answer within 0.2s" in response.json()["error"]
-
-
-def _client_with_timeout(app: object, timeout: float) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        transport=_TimeoutTransport(app, timeout), base_url="http://ollama.test"
-    )
 
 
 class _TimeoutTransport(StreamingASGITransport):
@@ -200,7 +194,7 @@ async def test_mid_stream_ollama_error_line_is_passed(
 
 async def test_upstream_dying_mid_stream_ends_with_error_line(fake: FakeOllama) -> None:
     fake.script(FakeReply(content="a b c d e", drop_after=2))
-    async with SmartProxy(client=upstream_client(fake)) as proxy:
+    async with SmartProxy(transport=upstream(fake)) as proxy:
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=proxy), base_url="http://p")
         response = await client.post("/api/chat", json=CHAT)
     chunks = lines(response)
@@ -220,7 +214,7 @@ async def test_upstream_error_status_passes_through(
 
 
 async def test_body_limit_from_content_length(fake: FakeOllama) -> None:
-    async with SmartProxy(Settings(max_body_bytes=100), client=upstream_client(fake)) as proxy:
+    async with SmartProxy(Settings(max_body_bytes=100), transport=upstream(fake)) as proxy:
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=proxy), base_url="http://p")
         big = {**CHAT, "messages": [{"role": "user", "content": "x" * 200}]}
         for path in ("/api/chat", "/api/show"):
@@ -231,7 +225,7 @@ async def test_body_limit_from_content_length(fake: FakeOllama) -> None:
 
 
 async def test_body_limit_counts_chunked_uploads(fake: FakeOllama) -> None:
-    proxy = SmartProxy(Settings(max_body_bytes=100), client=upstream_client(fake))
+    proxy = SmartProxy(Settings(max_body_bytes=100), transport=upstream(fake))
     sent: list[Message] = []
     parts = [b'{"model":"llama3.2","messages":[{"role":"user","content":"', b"x" * 80, b'"}]}']
 
@@ -282,7 +276,7 @@ async def test_streaming_at_asgi_level_first_chunk_before_upstream_finishes() ->
         await release.wait()
         await send({"type": "http.response.body", "body": b":2}\n", "more_body": False})
 
-    proxy = SmartProxy(client=upstream_client(slow_ollama))
+    proxy = SmartProxy(transport=upstream(slow_ollama))
     received: list[Message] = []
     first = anyio.Event()
     done = anyio.Event()
@@ -315,7 +309,7 @@ async def test_streaming_at_asgi_level_first_chunk_before_upstream_finishes() ->
 
 async def test_client_disconnect_closes_upstream_in_process(fake: FakeOllama) -> None:
     fake.script(FakeReply(content=" ".join(["tok"] * 200), delay=0.01))
-    async with SmartProxy(client=upstream_client(fake)) as proxy:
+    async with SmartProxy(transport=upstream(fake)) as proxy:
         client = httpx.AsyncClient(transport=StreamingASGITransport(proxy), base_url="http://p")
         with anyio.fail_after(5):
             async with client.stream("POST", "/api/chat", json=CHAT) as response:
@@ -331,15 +325,24 @@ async def test_unknown_path_is_404_json(client: httpx.AsyncClient) -> None:
     response = await client.get("/nope")
     assert response.status_code == 404
     assert response.json() == {"error": "no route for GET /nope"}
-    response = await client.get("/v1/nothing")
+
+
+async def test_unknown_v1_route_goes_to_ollama_unchanged(
+    client: httpx.AsyncClient, fake: FakeOllama
+) -> None:
+    # Never hide a route Ollama has: any other /v1/... is Ollama's to answer.
+    response = await client.post("/v1/audio/transcriptions?x=1", content=b"raw")
     assert response.status_code == 404
-    assert response.json()["error"]["type"] == "not_found_error"
+    assert response.text == "404 page not found"  # Ollama's (here the fake's) own answer
+    assert fake.requests[-1].path == "/v1/audio/transcriptions"
+    assert fake.requests[-1].query == "x=1"
+    assert fake.requests[-1].body == b"raw"
 
 
 async def test_client_gone_before_body_is_quiet(
     fake: FakeOllama, caplog: pytest.LogCaptureFixture
 ) -> None:
-    proxy = SmartProxy(client=upstream_client(fake))
+    proxy = SmartProxy(transport=upstream(fake))
     sent: list[Message] = []
 
     async def receive() -> Message:

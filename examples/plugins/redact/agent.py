@@ -11,8 +11,7 @@ import re
 
 from pydantic import BaseModel
 
-from ollama_smart_proxy.agents import Agent, Reply, SlashCall, chunk_text, with_text
-from ollama_smart_proxy.encoders import Chunk
+from ollama_smart_proxy.agents import Agent, Chunk, Reply, SlashCall, chunk_text, with_text
 from ollama_smart_proxy.schemas import NativeRequest
 
 SECRET = re.compile(

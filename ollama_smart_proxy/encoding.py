@@ -1,47 +1,19 @@
 """Encoders turn native chunks (decoded Ollama NDJSON objects) into the client's wire format.
 
-The terminal layer decodes each upstream line once, runs the exchange's transforms, and
-hands the result to one encoder. ``NativeEncoder`` writes Ollama's NDJSON (or one JSON
-object); the OpenAI layer brings its own encoders for SSE and ``chat.completion``.
-Agents never write wire formats.
+The response pipeline (:class:`~ollama_smart_proxy._pipeline.ResponseWriter`) decodes each
+upstream line once, runs the exchange's transforms, and hands the result to one encoder.
+:class:`NativeEncoder` writes Ollama's NDJSON (or one JSON object); each dialect brings its
+own (``openai.render``, ...). Agents never write wire formats, and encoders never write
+errors: a failure is an exception that the error boundary renders.
 """
 
 from __future__ import annotations
 
-import json
-from datetime import UTC, datetime
 from typing import Any
 
+from ._json import dumps
+
 Chunk = dict[str, Any]
-
-
-def now_rfc3339() -> str:
-    """The current time as Ollama writes ``created_at``."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-try:  # orjson (in the ``server`` extra) is 3-5x faster on the per-chunk path
-    import orjson
-except ImportError:  # pragma: no cover - exercised where orjson is not installed
-    orjson = None  # type: ignore[assignment]
-
-
-def _std_dumps(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-def dumps(value: Any) -> bytes:
-    """Compact JSON, UTF-8, no ASCII escaping: the proxy's one serialiser."""
-    if orjson is not None:
-        try:
-            return orjson.dumps(value)
-        except TypeError:  # integers past 64 bits, exotic keys: the standard library copes
-            pass
-    return _std_dumps(value)
-
-
-#: The proxy's one parser (raises ``ValueError`` on bad JSON, as ``json.loads`` does).
-loads = orjson.loads if orjson is not None else json.loads
 
 
 def merge_chunks(chunks: list[Chunk]) -> Chunk:
@@ -95,10 +67,12 @@ class Encoder:
 
     ``begin`` is called once with the upstream's content type (of a successful answer) and
     returns the content type to send; ``streaming`` then says whether bytes go out per chunk
-    or once at ``end``. Error answers go to ``error_response`` instead.
+    or once at ``end``. ``native`` encoders write Ollama's own format, so the pipeline may
+    pass the upstream's bytes through untouched when nothing transforms them.
     """
 
     streaming: bool = True
+    native: bool = False
 
     def begin(self, content_type: str) -> bytes:
         raise NotImplementedError
@@ -111,17 +85,11 @@ class Encoder:
         """Bytes after the last chunk: a trailer, or the whole body when not streaming."""
         return b""
 
-    def error(self, message: str) -> bytes:
-        """Bytes that end a stream that failed after it began."""
-        raise NotImplementedError
-
-    def error_response(self, status: int, body: bytes) -> tuple[int, bytes, bytes] | None:
-        """Rewrite an upstream error response; ``None`` passes it through untouched."""
-        return None
-
 
 class NativeEncoder(Encoder):
     """Ollama's own format: NDJSON lines when streaming, else one JSON object."""
+
+    native = True
 
     def __init__(self) -> None:
         self._chunks: list[Chunk] = []
@@ -141,10 +109,5 @@ class NativeEncoder(Encoder):
             return b""
         return dumps(merge_chunks(self._chunks))
 
-    def error(self, message: str) -> bytes:
-        return error_line(message)
 
-
-def error_line(message: str) -> bytes:
-    """The NDJSON line with which Ollama ends a stream that failed after it began."""
-    return dumps({"error": message}) + b"\n"
+__all__ = ["Chunk", "Encoder", "NativeEncoder", "merge_chunks"]

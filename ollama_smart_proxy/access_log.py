@@ -1,4 +1,9 @@
-"""Access log: one line per request, text or JSON, with an ``X-Request-ID``."""
+"""Access log: one line per request, text or JSON, with an ``X-Request-ID``.
+
+:class:`RequestContext` is the request's log record: the layers that learn a fact the log
+line shows (the exchange and its model, the key's name, an error) write it there. It lives
+in the scope under one key, shared by every copy of the scope.
+"""
 
 from __future__ import annotations
 
@@ -8,27 +13,38 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .routing import route_of
 from .types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from .exchange import Exchange
 
 access_logger = logging.getLogger("ollama_smart_proxy.access")
 
 CONTEXT_KEY = "ollama_smart_proxy.context"
 _VALID_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\\\"]")
 
 
 @dataclass(eq=False)
 class RequestContext:
-    """Per-request facts shared by every layer (layers copy the scope, not this)."""
+    """One request's log record."""
 
     request_id: str
+    client: str = "-"
     started: float = field(default_factory=time.perf_counter)
-    exchange: Any = None
-    model: str | None = None
+    exchange: Exchange | None = None
+    #: The name of the API key the request was made with (never the key).
+    key: str | None = None
     #: The response status once ``http.response.start`` went out (0 before).
     status: int = 0
     bytes: int = 0
+    #: Why the request failed, when it did (also after a stream began with status 200).
+    error: str | None = None
+    #: When the first byte of the answer went out (``perf_counter``), 0 before.
+    first_byte: float = 0.0
 
 
 def get_context(scope: Scope) -> RequestContext | None:
@@ -36,7 +52,13 @@ def get_context(scope: Scope) -> RequestContext | None:
     return context if isinstance(context, RequestContext) else None
 
 
-class AccessLogMiddleware:
+def escape(text: str) -> str:
+    """``text`` with control characters, quotes and backslashes escaped: what came from a
+    client cannot forge a log line."""
+    return _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+class AccessLog:
     """Give every request an id (``X-Request-ID`` in, or a new one), return it in the
     response headers, and log one line when the response ends."""
 
@@ -55,9 +77,11 @@ class AccessLogMiddleware:
         request_id = (
             incoming.decode() if incoming and _VALID_ID.match(incoming) else uuid.uuid4().hex
         )
-        context = RequestContext(request_id)
+        client = scope.get("client")
+        context = RequestContext(request_id, f"{client[0]}:{client[1]}" if client else "-")
         scope = dict(scope)
         scope[CONTEXT_KEY] = context
+        route_of(scope)  # decided once, here, for every layer below
         id_header = (b"x-request-id", request_id.encode())
 
         async def logging_send(message: Message) -> None:
@@ -65,6 +89,7 @@ class AccessLogMiddleware:
                 context.bytes += len(message.get("body", b""))
             elif message["type"] == "http.response.start":
                 context.status = message["status"]
+                context.first_byte = time.perf_counter()
                 message = dict(message)
                 message["headers"] = [*message.get("headers", []), id_header]
             await send(message)
@@ -76,31 +101,63 @@ class AccessLogMiddleware:
                 log_request(scope, context)
 
 
+#: The old name, kept for code that imported it.
+AccessLogMiddleware = AccessLog
+
+
 def log_request(scope: Scope, context: RequestContext) -> None:
     exchange = context.exchange
-    model = context.model or (exchange.model if exchange is not None else None)
+    asked = exchange.asked_model if exchange is not None else None
+    model = exchange.model if exchange is not None else None
     duration = (time.perf_counter() - context.started) * 1000
+    raw = scope.get("raw_path") or scope["path"].encode()
+    path = escape(raw.decode("latin-1"))
+    status = context.status or "-"
+    shown_model = asked or "-"
+    if model and asked and model != asked:
+        shown_model = f"{asked}->{model}"
+    extra = f" key={escape(context.key)}" if context.key else ""
+    if context.error:
+        extra += f' error="{escape(context.error)}"'
     access_logger.info(
-        "%s %s %s %s %.1fms %dB",
+        "%s %s %s %s %s %.1fms %dB%s",
+        context.client,
         scope["method"],
-        scope["path"],
-        model or "-",
-        context.status or "-",
+        path,
+        escape(shown_model),
+        status,
         duration,
         context.bytes,
+        extra,
         extra={
             "request_id": context.request_id,
+            "client": context.client,
             "method": scope["method"],
-            "path": scope["path"],
-            "model": model,
+            "path": raw.decode("latin-1"),
+            "model": asked,
+            "upstream_model": model,
+            "key": context.key,
             "status": context.status or None,
+            "error": context.error,
             "duration_ms": round(duration, 2),
             "bytes": context.bytes,
         },
     )
 
 
-_FIELDS = ("request_id", "method", "path", "model", "status", "duration_ms", "bytes")
+_FIELDS = (
+    "request_id",
+    "client",
+    "method",
+    "path",
+    "model",
+    "upstream_model",
+    "key",
+    "status",
+    "error",
+    "duration_ms",
+    "bytes",
+)
 
 
 class JSONFormatter(logging.Formatter):
@@ -143,3 +200,14 @@ def configure_logging(log_format: str = "text", log_level: str = "info") -> None
     handler._osp = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
     logger.propagate = False
+
+
+__all__ = [
+    "AccessLog",
+    "JSONFormatter",
+    "RequestContext",
+    "TextFormatter",
+    "configure_logging",
+    "escape",
+    "get_context",
+]

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import base64
-import json
 import secrets
 import struct
 import time
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from ..encoders import Chunk, Encoder, dumps, merge_chunks
-from ..errors import error_body
+from .._json import dumps
+from ..encoding import Chunk, Encoder, merge_chunks
 
 SSE_HEADERS_TYPE = b"text/event-stream; charset=utf-8"
 JSON_TYPE = b"application/json"
@@ -60,9 +60,7 @@ def tool_calls(calls: list[Any]) -> list[dict[str, Any]]:
                 "type": "function",
                 "function": {
                     "name": function.get("name", ""),
-                    "arguments": json.dumps(
-                        function.get("arguments") or {}, ensure_ascii=False, separators=(",", ":")
-                    ),
+                    "arguments": dumps(function.get("arguments") or {}).decode(),
                 },
             }
         )
@@ -72,15 +70,6 @@ def tool_calls(calls: list[Any]) -> list[dict[str, Any]]:
 def finish_reason(done_reason: Any, saw_tool_calls: bool) -> str:
     reason = done_reason or "stop"
     return "tool_calls" if reason == "stop" and saw_tool_calls else str(reason)
-
-
-def openai_error(status: int, body: bytes) -> tuple[int, bytes, bytes]:
-    """An upstream (native) error response rewritten in the OpenAI shape."""
-    from .._streaming import error_message
-
-    message = error_message(body) or f"upstream error (HTTP {status})"
-    code = "model_not_found" if status == 404 and "not found" in message else None
-    return status, dumps(error_body("openai", message, status, code=code)), JSON_TYPE
 
 
 def sse(data: Any) -> bytes:
@@ -97,15 +86,10 @@ class _OpenAIEncoder(Encoder):
     def begin(self, content_type: str) -> bytes:
         return SSE_HEADERS_TYPE if self.streaming else JSON_TYPE
 
-    def error(self, message: str) -> bytes:
-        # openai-python raises APIError for an event whose data has an "error" key.
-        return sse(error_body("openai", message, 500))
-
-    def error_response(self, status: int, body: bytes) -> tuple[int, bytes, bytes] | None:
-        return openai_error(status, body)
-
     def _model(self, chunk: Chunk) -> str:
-        return self.model or str(chunk.get("model") or "")
+        # The model the answer names: the one the client asked for (the model loader puts
+        # an alias back), or the one a /load switched to.
+        return str(chunk.get("model") or self.model)
 
 
 class ChatCompletionEncoder(_OpenAIEncoder):
@@ -304,11 +288,17 @@ def model_object(name: str, modified_at: Any) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": unix_time(modified_at), "owned_by": owner}
 
 
-def models_list(tags: dict[str, Any], aliases: dict[str, str] | None = None) -> dict[str, Any]:
+def alias_object(alias: str) -> dict[str, Any]:
+    """The ``/v1/models`` entry of an alias of the proxy's."""
+    return {**model_object(alias, None), "owned_by": "ollama-smart-proxy"}
+
+
+def models_list(tags: dict[str, Any], aliases: Mapping[str, str] | None = None) -> dict[str, Any]:
     data = []
     for entry in tags.get("models") or []:
+        if not isinstance(entry, dict):
+            continue
         name = entry.get("model") or entry.get("name") or ""
-        data.append(model_object(name, entry.get("modified_at")))
-    for alias in aliases or {}:
-        data.append({**model_object(alias, None), "owned_by": "ollama-smart-proxy"})
+        data.append(model_object(str(name), entry.get("modified_at")))
+    data += [alias_object(alias) for alias in aliases or {}]
     return {"object": "list", "data": data}

@@ -1,0 +1,100 @@
+"""``ErrorBoundary``: the one place where an exception becomes a response.
+
+Like Starlette's ``ServerErrorMiddleware``, it wraps ``send`` to know whether the response
+has started. Before it has, a :class:`~ollama_smart_proxy.errors.ProxyError` becomes a whole
+error response in the client's dialect (chosen by the route, once) and anything else a 500
+that names the request id, never a traceback. After it has, the stream is ended in the
+dialect's own way (Ollama's final ``{"error"}`` line, an SSE error event). Every error is
+logged here, once, with the request id.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .access_log import get_context
+from .errors import (
+    ClientDisconnected,
+    Dialect,
+    ProxyError,
+    RequestError,
+    render_error,
+    render_stream_error,
+)
+from .routing import route_of
+from .types import ASGIApp, Message, Receive, Scope, Send
+
+logger = logging.getLogger("ollama_smart_proxy")
+
+
+class ErrorBoundary:
+    """``ErrorBoundary(app, dialect=None)``: ``dialect`` fixes the dialect of every error
+    (for a layer used alone); by default the route decides it."""
+
+    def __init__(self, app: ASGIApp, *, dialect: Dialect | None = None) -> None:
+        self.app = app
+        self.dialect = dialect
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        route = route_of(scope)
+        dialect = self.dialect or route.dialect
+        started = False
+        framed = False
+        ended = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started, framed, ended
+            if message["type"] == "http.response.start":
+                started = True
+                framed = any(key == b"content-length" for key, _ in message.get("headers", ()))
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                ended = True
+            await send(message)
+
+        try:
+            if route.family == "invalid":
+                raise RequestError(route.problem)
+            await self.app(scope, receive, tracking_send)
+        except ClientDisconnected:
+            return  # gone before its request was read: nobody to answer
+        except Exception as exc:
+            error = exc if isinstance(exc, ProxyError) else None
+            context = get_context(scope)
+            request_id = context.request_id if context is not None else "-"
+            if error is None:
+                logger.exception(
+                    "unhandled error on %s %s (request %s)",
+                    scope["method"],
+                    route.path,
+                    request_id,
+                    extra={"request_id": request_id},
+                )
+                error = ProxyError(f"internal proxy error (request id {request_id})")
+            elif error.status_code >= 500 or started:
+                logger.warning(
+                    "%s %s: %s (HTTP %d)",
+                    scope["method"],
+                    route.path,
+                    error.message,
+                    error.status_code,
+                    extra={"request_id": request_id},
+                )
+            if context is not None:
+                context.error = error.message
+            if ended:
+                return
+            if not started:
+                status, headers, body = render_error(dialect, error)
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+            elif framed:
+                raise  # a body with a length cannot take an error frame: the server closes
+            else:
+                tail = render_stream_error(dialect, error)
+                await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+
+__all__ = ["ErrorBoundary"]

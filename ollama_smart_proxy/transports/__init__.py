@@ -1,0 +1,95 @@
+"""Upstream transports: the connection pool to Ollama, behind httpx's transport API.
+
+``create_transport`` picks one (the lean llhttp pool by default, or httpcore's, or
+``httpx-aiohttp``'s), and :func:`map_transport_errors` is the one place where a transport's
+exceptions become the proxy's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Literal
+
+import httpx
+
+from ..errors import RequestError, UpstreamError, UpstreamTimeout
+from ._pool import MAX_HEAD_BYTES, HTTP11Transport
+
+TransportName = Literal["http11", "aiohttp", "httpx"]
+
+
+def upstream_limits(max_connections: int, keepalive_expiry: float = 30.0) -> httpx.Limits:
+    """The upstream pool's limits: sized by the caller, never httpx's default of 100."""
+    return httpx.Limits(
+        max_connections=max_connections,
+        max_keepalive_connections=max_connections,
+        keepalive_expiry=keepalive_expiry,
+    )
+
+
+def create_transport(
+    name: TransportName = "http11", *, limits: httpx.Limits | None = None
+) -> httpx.AsyncBaseTransport:
+    """The transport called ``name``: ``http11`` (the proxy's own pool on llhttp),
+    ``httpx`` (httpcore), or ``aiohttp`` (the ``httpx-aiohttp`` package, an extra)."""
+    limits = limits or upstream_limits(1024)
+    if name == "http11":
+        return HTTP11Transport(limits=limits)
+    if name == "httpx":
+        return httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
+    if name == "aiohttp":
+        try:
+            from httpx_aiohttp import AiohttpTransport
+        except ImportError:
+            raise ValueError(
+                "upstream_transport 'aiohttp' needs the httpx-aiohttp package: "
+                "pip install 'ollama-smart-proxy[aiohttp]'"
+            ) from None
+        return AiohttpTransport(limits=limits, trust_env=False)
+    raise ValueError(f"unknown upstream transport {name!r}: use http11, httpx or aiohttp")
+
+
+@contextmanager
+def map_transport_errors(
+    upstream: str, read_timeout: float | None, *, streaming: bool = False
+) -> Iterator[None]:
+    """Turn a transport's exceptions into the proxy's: 504 for a timeout, 502 for the rest,
+    400 for a request that cannot be written. ``streaming``: the response had begun."""
+    try:
+        yield
+    except httpx.PoolTimeout as exc:
+        raise UpstreamTimeout(
+            f"no free connection to Ollama at {upstream} in time "
+            "(raise OSP_UPSTREAM_MAX_CONNECTIONS, or bound the load with OSP_MAX_CONCURRENT)"
+        ) from exc
+    except httpx.TimeoutException as exc:
+        if streaming:
+            message = f"Ollama sent nothing for {read_timeout:g}s; the stream was closed"
+        else:
+            message = (
+                f"Ollama at {upstream} did not answer within {read_timeout:g}s "
+                f"({type(exc).__name__})"
+            )
+        raise UpstreamTimeout(message) from exc
+    except httpx.LocalProtocolError as exc:
+        raise RequestError(f"the request cannot be forwarded: {exc}") from exc
+    except httpx.HTTPError as exc:
+        reason = str(exc) or type(exc).__name__
+        if streaming:
+            message = f"Ollama closed the stream early: {reason}"
+        elif isinstance(exc, httpx.RemoteProtocolError):
+            message = f"bad answer from Ollama at {upstream}: {reason}"
+        else:
+            message = f"cannot reach Ollama at {upstream}: {reason}"
+        raise UpstreamError(message) from exc
+
+
+__all__ = [
+    "MAX_HEAD_BYTES",
+    "HTTP11Transport",
+    "TransportName",
+    "create_transport",
+    "map_transport_errors",
+    "upstream_limits",
+]

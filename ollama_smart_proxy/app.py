@@ -83,8 +83,14 @@ class SmartProxy:
     ) -> None:
         self.settings = settings = settings or Settings()
         if transport is None:
+            if settings.upstream_transport != "http11":
+                logger.warning(
+                    "upstream_transport=%s is no longer offered (it fails the proxy's framing "
+                    "conformance suite); using the proxy's own pool, which serves https too",
+                    settings.upstream_transport,
+                )
             limits = upstream_limits(settings.upstream_max_connections)
-            transport = create_transport(settings.upstream_transport, limits=limits)
+            transport = create_transport(limits=limits)
         self.registry = AgentRegistry.discover(
             agents,
             builtins=builtins,

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
@@ -103,33 +106,128 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    configure_logging(settings.log_format, settings.log_level)
-    app = build_app(settings, demo=args.demo)
-    upstream = "in-process FakeOllama (--demo)" if args.demo else settings.upstream
-    agents = ", ".join(getattr(app, "agent_names", [])) or "none"
-    print(f"ollama-smart-proxy {__version__} listening on http://{settings.host}:{settings.port}")
-    print(f"  upstream: {upstream}")
-    print(f"  agents:   {agents}", flush=True)
     if args.workers < 1:
         print("ollama-smart-proxy: --workers must be at least 1", file=sys.stderr)
         return 2
+    if not args.demo:
+        problem = self_upstream(settings)
+        if problem:
+            print(f"ollama-smart-proxy: {problem}", file=sys.stderr)
+            return 2
+    configure_logging(settings.log_format, settings.log_level)
+    app = build_app(settings, demo=args.demo)
+    try:
+        sock = bind(settings.host, settings.port)
+    except OSError as exc:
+        print(
+            f"ollama-smart-proxy: {bind_problem(settings.host, settings.port, exc)}",
+            file=sys.stderr,
+        )
+        return 2
+    port = sock.getsockname()[1]
+    upstream = "in-process FakeOllama (--demo)" if args.demo else settings.upstream
+    agents = ", ".join(getattr(app, "agent_names", [])) or "none"
+    url = f"http://{_url_host(settings.host)}:{port}"
+    print(f"ollama-smart-proxy {__version__} listening on {url}")
+    print(f"  upstream: {upstream}")
+    print(f"  agents:   {agents}")
     if args.workers > 1:
         # Worker processes build their own app from the environment: hand them the settings.
         os.environ[_SETTINGS_ENV] = settings.model_dump_json()
         os.environ[_DEMO_ENV] = "1" if args.demo else ""
-        print(f"  workers:  {args.workers}", flush=True)
-    uvicorn.run(
+        print(f"  workers:  {args.workers} (each with its own upstream pool)")
+    if args.demo:
+        print(demo_banner(url))
+    sys.stdout.flush()
+    config = uvicorn.Config(
         "ollama_smart_proxy.cli:create_app" if args.workers > 1 else app,
         factory=args.workers > 1,
-        workers=args.workers if args.workers > 1 else None,
-        host=settings.host,
-        port=settings.port,
+        workers=args.workers,
         log_level=settings.log_level,
         access_log=False,
         lifespan="on",
         server_header=False,
     )
+    if args.workers > 1:
+        from uvicorn.supervisors import Multiprocess
+
+        Multiprocess(config, sockets=[sock]).run()
+    else:
+        uvicorn.Server(config).run(sockets=[sock])
     return 0
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything says it listens."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def bind_problem(host: str, port: int, exc: OSError) -> str:
+    """What to tell a person whose port could not be bound."""
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"port {port} on {host} is already in use (another ollama-smart-proxy, or "
+            "another server?); pick another with --port or OSP_PORT"
+        )
+    if exc.errno == errno.EACCES:
+        return f"no permission to listen on {host}:{port}; pick a port above 1023 with --port"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"{host} is not an address of this machine; check --host or OSP_HOST"
+    return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+
+
+_LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0", "::", "[::1]", "[::]"}
+
+
+def self_upstream(settings: Settings) -> str | None:
+    """Why the upstream would be the proxy itself, or ``None``."""
+    split = urlsplit(settings.upstream)
+    port = split.port or (443 if split.scheme == "https" else 80)
+    host = (split.hostname or "").lower()
+    listen = settings.host.lower()
+    if port != settings.port:
+        return None
+    here = _LOCAL_HOSTS | {socket.gethostname().lower(), listen}
+    if host not in here and not (listen in ("0.0.0.0", "::") and host.startswith("127.")):
+        return None
+    hint = ""
+    if os.environ.get("OLLAMA_HOST") and not os.environ.get("OSP_UPSTREAM"):
+        hint = (
+            f" OLLAMA_HOST={os.environ['OLLAMA_HOST']} is set in this environment (for your "
+            "clients?) and the proxy reads it too: unset it here, or set OSP_UPSTREAM."
+        )
+    return (
+        f"the upstream {settings.upstream} is this proxy itself (it listens on "
+        f"{settings.host}:{settings.port}): point --upstream or OSP_UPSTREAM at Ollama.{hint}"
+    )
+
+
+def demo_banner(url: str) -> str:
+    """What a new user can try against ``--demo``."""
+    from .testing._fake import DEMO_MODELS
+
+    models = ", ".join(DEMO_MODELS)
+    return (
+        f"  demo models: {models}\n"
+        f"  try: curl {url}/api/chat -d "
+        '\'{"model":"llama3.2","messages":[{"role":"user","content":"hello"}]}\'\n'
+        f"       curl {url}/v1/chat/completions -d "
+        '\'{"model":"llama3.2","messages":[{"role":"user","content":"/help"}]}\''
+    )
 
 
 _SETTINGS_ENV = "OLLAMA_SMART_PROXY_WORKER_SETTINGS"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -25,6 +26,7 @@ from pydantic_settings import (
 )
 
 DEFAULT_UPSTREAM = "http://127.0.0.1:11434"
+_HOSTPORT = re.compile(r"^(?:[A-Za-z0-9._~-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{0,5})?$")
 
 
 def parse_ollama_host(host: str | None) -> str:
@@ -36,13 +38,17 @@ def parse_ollama_host(host: str | None) -> str:
     host = (host or "").strip()
     if not host:
         return DEFAULT_UPSTREAM
-    scheme, _, hostport = host.partition("://")
+    scheme, separator, hostport = host.partition("://")
+    if separator and not hostport:
+        raise ValueError(f"upstream has no host: {host!r}")
     if not hostport:
         scheme, hostport = "http", scheme
     elif scheme not in ("http", "https"):
         raise ValueError(f"upstream must be an http:// or https:// URL, got {host!r}")
     default_port = {"http": 80, "https": 443}[scheme] if "://" in host else 11434
     split = urlsplit(f"{scheme}://{hostport}")
+    if not _HOSTPORT.match(split.netloc or "127.0.0.1"):
+        raise ValueError(f"upstream is not a URL or a host: {host!r}")
     hostname = split.hostname or "127.0.0.1"
     try:
         port = split.port or default_port
@@ -149,8 +155,8 @@ class Settings(BaseSettings):
     upstream_transport: Literal["http11", "aiohttp", "httpx"] = Field(
         "http11",
         description=(
-            "Transport to Ollama: the proxy's own HTTP/1.1 pool on llhttp (http and https), "
-            "httpcore's (httpx), or httpx-aiohttp's (the aiohttp extra)."
+            "Transport to Ollama: http11, the proxy's own pool on llhttp (http and https). "
+            "aiohttp and httpx are accepted for old configurations and ignored with a warning."
         ),
     )
     max_line_bytes: int = Field(

@@ -131,7 +131,7 @@ class OllamaUpstream:
     def transport(self) -> httpx.AsyncBaseTransport:
         """The transport to Ollama (created on first use)."""
         if self._transport is None:
-            self._transport = create_transport("http11", limits=self._limits)
+            self._transport = create_transport(limits=self._limits)
         return self._transport
 
     async def aclose(self) -> None:

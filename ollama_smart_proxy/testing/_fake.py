@@ -111,6 +111,9 @@ DEFAULT_MODELS = (
     ),
 )
 
+#: The names a user can try against ``--demo``.
+DEMO_MODELS = tuple(model.name for model in DEFAULT_MODELS)
+
 
 @dataclass
 class FakeReply:
@@ -346,6 +349,10 @@ class FakeOllama:
                     "general.parameter_count": 3_212_749_888,
                     f"{model.family}.context_length": model.context_length,
                 },
+                "tensors": [
+                    {"name": "output_norm.weight", "type": "F32", "shape": [640]},
+                    {"name": "token_embd.weight", "type": "Q8_0", "shape": [640, 262144]},
+                ],
                 "capabilities": list(model.capabilities),
                 "modified_at": model.modified_at,
             },

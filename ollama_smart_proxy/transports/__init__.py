@@ -1,22 +1,20 @@
 """Upstream transports: the connection pool to Ollama, behind httpx's transport API.
 
-``create_transport`` picks one (the lean llhttp pool by default, or httpcore's, or
-``httpx-aiohttp``'s), and :func:`map_transport_errors` is the one place where a transport's
-exceptions become the proxy's.
+:func:`create_transport` makes the proxy's pool (any httpx transport can be injected
+instead), and :func:`map_transport_errors` is the one place where a transport's exceptions
+become the proxy's.
 """
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Literal
 
 import httpx
 
 from ..errors import RequestError, UpstreamError, UpstreamTimeout
 from ._pool import MAX_HEAD_BYTES, HTTP11Transport
-
-TransportName = Literal["http11", "aiohttp", "httpx"]
 
 
 def upstream_limits(max_connections: int, keepalive_expiry: float = 30.0) -> httpx.Limits:
@@ -29,25 +27,15 @@ def upstream_limits(max_connections: int, keepalive_expiry: float = 30.0) -> htt
 
 
 def create_transport(
-    name: TransportName = "http11", *, limits: httpx.Limits | None = None
-) -> httpx.AsyncBaseTransport:
-    """The transport called ``name``: ``http11`` (the proxy's own pool on llhttp),
-    ``httpx`` (httpcore), or ``aiohttp`` (the ``httpx-aiohttp`` package, an extra)."""
-    limits = limits or upstream_limits(1024)
-    if name == "http11":
-        return HTTP11Transport(limits=limits)
-    if name == "httpx":
-        return httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
-    if name == "aiohttp":
-        try:
-            from httpx_aiohttp import AiohttpTransport
-        except ImportError:
-            raise ValueError(
-                "upstream_transport 'aiohttp' needs the httpx-aiohttp package: "
-                "pip install 'ollama-smart-proxy[aiohttp]'"
-            ) from None
-        return AiohttpTransport(limits=limits, trust_env=False)
-    raise ValueError(f"unknown upstream transport {name!r}: use http11, httpx or aiohttp")
+    *, limits: httpx.Limits | None = None, ssl_context: ssl.SSLContext | None = None
+) -> HTTP11Transport:
+    """The proxy's transport to Ollama: its own pool on llhttp, for http and https.
+
+    httpcore's pool (httpx's default) and aiohttp's are not offered: both fail the framing
+    conformance suite (``tests/integration/test_transport_conformance.py``), httpcore by
+    answering a request with bytes left over from the previous one.
+    """
+    return HTTP11Transport(limits=limits or upstream_limits(1024), ssl_context=ssl_context)
 
 
 @contextmanager
@@ -88,7 +76,6 @@ def map_transport_errors(
 __all__ = [
     "MAX_HEAD_BYTES",
     "HTTP11Transport",
-    "TransportName",
     "create_transport",
     "map_transport_errors",
     "upstream_limits",

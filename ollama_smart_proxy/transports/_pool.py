@@ -168,7 +168,8 @@ class _Connection(asyncio.Protocol):
         framed = False
         for name, value in self.headers:
             if name == b"content-length" or (
-                name == b"transfer-encoding" and value.lower().endswith(b"chunked")
+                name == b"transfer-encoding"
+                and value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
             ):
                 framed = True
         no_body = not self.expect_body or status in (204, 304)

@@ -79,5 +79,48 @@ def test_demo_serves_without_ollama(workers: int) -> None:
     assert f"listening on http://127.0.0.1:{port}" in output
     assert "upstream: in-process FakeOllama (--demo)" in output
     assert "agents:   help, clear, set, load, show" in output
+    assert "demo models: llama3.2:latest" in output
     if workers > 1:
         assert f"workers:  {workers}" in output
+
+
+def run_launcher(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OSP_", "OLLAMA_HOST"))}
+    return subprocess.run(
+        [sys.executable, "-m", "ollama_smart_proxy", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**clean, **(env or {})},
+    )
+
+
+def test_not_a_url_is_refused() -> None:
+    result = run_launcher("--upstream", "not a url")
+    assert result.returncode == 2
+    assert "upstream is not a URL or a host: 'not a url'" in result.stderr
+
+
+def test_busy_port_names_the_port_and_the_way_out() -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_launcher("--demo", "--port", str(port))
+    assert result.returncode == 2
+    assert f"port {port} on 127.0.0.1 is already in use" in result.stderr
+    assert "--port or OSP_PORT" in result.stderr
+    assert "Errno" not in result.stderr
+    assert "listening" not in result.stdout  # nothing claims to listen before the bind
+
+
+def test_a_proxy_that_is_its_own_upstream_is_refused() -> None:
+    # A user exported OLLAMA_HOST for their clients, then started the proxy in that shell.
+    result = run_launcher("--port", "11999", env={"OLLAMA_HOST": "127.0.0.1:11999"})
+    assert result.returncode == 2
+    assert "is this proxy itself" in result.stderr
+    assert "OLLAMA_HOST=127.0.0.1:11999 is set in this environment" in result.stderr
+    other = run_launcher("--port", "11999", "--upstream", "http://localhost:11999")
+    assert other.returncode == 2 and "is this proxy itself" in other.stderr

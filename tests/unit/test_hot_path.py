@@ -94,10 +94,6 @@ async def test_pool_is_sized_from_settings_not_httpx_default() -> None:
     assert isinstance(transport, HTTP11Transport)
     assert transport.limits.max_connections == 777
     await proxy.aclose()
-    proxy = SmartProxy(Settings(upstream_max_connections=555, upstream_transport="httpx"))
-    pool = proxy.upstream.transport._pool  # type: ignore[attr-defined]
-    assert pool._max_connections == 555
-    await proxy.aclose()
 
 
 def test_sniffio_is_installed() -> None:

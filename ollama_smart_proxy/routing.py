@@ -74,7 +74,7 @@ GENERATION_KINDS = frozenset(
 # Encoded separators and controls: their decoding would differ from what we route on.
 _AMBIGUOUS = re.compile(rb"%(?:2f|5c|3f|23|0[0-9a-f]|1[0-9a-f]|7f)", re.IGNORECASE)
 _ENCODED_CONTROL = re.compile(rb"%(?:0[0-9a-f]|1[0-9a-f]|7f)", re.IGNORECASE)
-_CONTROL = re.compile(rb"[\x00-\x20\x7f]")
+_CONTROL = re.compile(rb"[\x00-\x20\x7f-\xff]")  # and raw non-ASCII: not a valid target
 #: Routes whose last part is an identifier, never forwarded as a path: an encoded ``/`` is
 #: part of the id (the OpenAI SDK sends ``/v1/models/user%2Fmodel:7b``).
 _ID_ROUTES = (b"/v1/models/", b"/models/")
@@ -155,7 +155,11 @@ def resolve_path(raw: bytes) -> Route:
                 break
             return Route(prefix.decode() + ident, raw, "openai", "openai.model", "openai")
     if _CONTROL.search(raw) or _AMBIGUOUS.search(raw):
-        return _invalid(text, f"the path {text!r} has an encoded separator or a control byte")
+        return _invalid(
+            text,
+            f"the path {text!r} has an encoded separator, a control byte or a raw non-ASCII "
+            "byte (percent-encode it)",
+        )
     if not raw.startswith(b"/"):
         return _invalid(text, f"the path {text!r} does not start with '/'")
     try:

@@ -34,8 +34,12 @@ class ScriptedUpstream:
     #: Bytes that arrived on a connection after the script ended, per connection.
     leftovers: dict[int, bytes] = field(default_factory=dict)
     url: str = ""
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self.tasks.add(task)
         self.connections += 1
         connection = self.connections
         try:
@@ -65,7 +69,7 @@ class ScriptedUpstream:
                     elif step == "close":
                         writer.close()
                         return
-        except ConnectionError:
+        except (ConnectionError, asyncio.CancelledError):
             return
         finally:
             with contextlib.suppress(Exception):
@@ -101,6 +105,9 @@ async def scripted(
         yield upstream
     finally:
         server.close()
+        for task in upstream.tasks:
+            task.cancel()
+        await asyncio.gather(*upstream.tasks, return_exceptions=True)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server.wait_closed(), 1)
 

@@ -149,6 +149,8 @@ class RecordedRequest:
     body: bytes
     #: The client address (host, port) as the server saw it: one port per connection.
     client: tuple[str, int] | None = None
+    #: The path as it came over the wire (still percent-encoded).
+    raw_path: bytes = b""
 
     @property
     def json(self) -> Any:
@@ -250,6 +252,7 @@ class FakeOllama:
             headers={k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]},
             body=bytes(body),
             client=tuple(scope["client"]) if scope.get("client") else None,
+            raw_path=scope.get("raw_path") or path.encode(),
         )
         self.requests.append(request)
         await self._route(request, receive, send)

@@ -2,7 +2,8 @@
 
 Here the `redact` plugin wraps `OllamaUpstream` (the proxy's terminal layer) directly, with
 no SmartProxy around it: it parses the request, recognises its own command, and rewrites the
-streamed answer.
+streamed answer. `ErrorBoundary` around the whole turns any failure (Ollama down, a bad
+body) into an Ollama-style error answer on every route.
 
     python examples/single_agent.py            # Ollama at OLLAMA_HOST, served on :11436
     python examples/single_agent.py --demo     # a FakeOllama instead
@@ -17,7 +18,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from ollama_smart_proxy import OllamaUpstream, Settings
+from ollama_smart_proxy import ErrorBoundary, OllamaUpstream
 
 HERE = Path(__file__).parent
 spec = importlib.util.spec_from_file_location("redact_plugin", HERE / "plugins/redact/agent.py")
@@ -33,8 +34,8 @@ def build(demo: bool = False) -> object:
 
         inner = FakeOllama(token_delay=0.02)
     else:
-        inner = OllamaUpstream(Settings())
-    return redact_plugin.Redact(inner, mask="[hidden]")
+        inner = OllamaUpstream()  # http://127.0.0.1:11434; OllamaUpstream(url) for another
+    return ErrorBoundary(redact_plugin.Redact(inner, mask="[hidden]"))
 
 
 app = build(demo="--demo" in sys.argv)

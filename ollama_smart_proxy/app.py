@@ -116,6 +116,7 @@ class SmartProxy:
         limits = {
             "max_body_bytes": s.max_body_bytes,
             "max_messages": s.max_messages,
+            "max_json_objects": s.max_json_objects,
             "max_line_bytes": s.max_line_bytes,
         }
         # Below the translation, every model request is one native exchange.

@@ -72,7 +72,8 @@ class NativeEntry:
     """Parse the body of a native model request (chat, generate, embed, embeddings, show)
     once into an exchange, and own its response pipeline; other requests pass through.
 
-    ``NativeEntry(app, *, max_body_bytes=64 MiB, max_messages=None, max_line_bytes=16 MiB)``.
+    ``NativeEntry(app, *, max_body_bytes=64 MiB, max_messages=None, max_json_objects=None,
+    max_line_bytes=16 MiB)``.
     """
 
     def __init__(
@@ -81,6 +82,7 @@ class NativeEntry:
         *,
         max_body_bytes: int = DEFAULT_MAX_BODY,
         max_messages: int | None = None,
+        max_json_objects: int | None = None,
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     ) -> None:
         if max_body_bytes <= 0 or max_line_bytes <= 0:
@@ -88,6 +90,7 @@ class NativeEntry:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.max_messages = max_messages
+        self.max_json_objects = max_json_objects
         self.max_line_bytes = max_line_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -99,7 +102,7 @@ class NativeEntry:
             await self.app(scope, receive, send)
             return
         body = await read_body(scope, receive, self.max_body_bytes)
-        request = parse_request(kind, body, self.max_messages)
+        request = parse_request(kind, body, self.max_messages, self.max_json_objects)
         exchange = Exchange(kind, request, raw=body)
         await run_exchange(
             self.app,

@@ -157,17 +157,40 @@ def too_many_messages(count: int, limit: int) -> RequestTooLarge:
     )
 
 
-def parse_request(kind: str, body: bytes, max_messages: int | None = None) -> ModelRequest:
+def parse_json_body(body: bytes, max_json_objects: int | None = None) -> Any:
+    """Parse a client's JSON body once: 400 for bad JSON, 413 for more objects and arrays
+    than ``max_json_objects``.
+
+    The count is made on the bytes before parsing (an upper bound: a brace inside a string
+    counts too), at memchr speed, so a body of millions of tiny objects is refused before
+    any parser spends seconds on it.
+    """
+    if max_json_objects is not None and len(body) > 2 * max_json_objects:  # "{}" is 2 bytes
+        count = body.count(b"{") + body.count(b"[")
+        if count > max_json_objects:
+            raise RequestTooLarge(
+                f"the request body holds more than {max_json_objects} JSON objects and arrays "
+                "(raise OSP_MAX_JSON_OBJECTS to allow it)"
+            )
+    try:
+        return parse_body(body)
+    except ValueError as exc:
+        raise RequestError(f"invalid JSON in request body: {exc}") from None
+
+
+def parse_request(
+    kind: str,
+    body: bytes,
+    max_messages: int | None = None,
+    max_json_objects: int | None = None,
+) -> ModelRequest:
     """Parse and validate a native request body once; raise :class:`RequestError`.
 
     ``max_messages`` is checked on the parsed JSON, before the (much dearer) validation.
     """
     if not body.strip():
         raise RequestError("missing request body")
-    try:
-        value = parse_body(body)
-    except ValueError as exc:
-        raise RequestError(f"invalid JSON in request body: {exc}") from None
+    value = parse_json_body(body, max_json_objects)
     model = REQUEST_TYPES[kind]
     if value is None:  # Ollama reads `null` as an empty object
         return model()

@@ -135,6 +135,11 @@ class Settings(BaseSettings):
     max_messages: int = Field(
         10_000, gt=0, description="Most messages in one chat request (any dialect)."
     )
+    max_json_objects: int = Field(
+        100_000,
+        gt=0,
+        description="Most JSON objects and arrays in one request body (counted before parsing).",
+    )
     cors_origins: list[str] = Field(default_factory=list, description="CORS origins.")
     log_format: Literal["text", "json"] = Field("text", description="Access log format.")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(

@@ -6,14 +6,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._http import read_body, send_body, side_request
-from .._json import dumps, loads, parse_body
+from .._json import dumps, loads
 from .._ndjson import DEFAULT_MAX_LINE_BYTES
 from .._pipeline import error_message
 from ..entry import DEFAULT_MAX_BODY, run_exchange
 from ..errors import ProxyError, UpstreamError, UpstreamStatusError
 from ..exchange import Exchange
 from ..routing import route_of
-from ..schemas import too_many_messages
+from ..schemas import parse_json_body, too_many_messages
 from ..types import ASGIApp, Receive, Scope, Send
 from .render import (
     ChatCompletionEncoder,
@@ -32,15 +32,14 @@ from .translate import (
 )
 
 
-async def read_json_object(scope: Scope, receive: Receive, max_bytes: int) -> dict[str, Any]:
-    """Read and parse a JSON object body, or raise a 400 that says what is wrong."""
+async def read_json_object(
+    scope: Scope, receive: Receive, max_bytes: int, max_json_objects: int | None = None
+) -> dict[str, Any]:
+    """Read and parse a JSON object body, or raise a 400 (413) that says what is wrong."""
     raw = await read_body(scope, receive, max_bytes)
     if not raw.strip():
         raise OpenAIRequestError("the request body is empty; send a JSON object")
-    try:
-        body = parse_body(raw)
-    except ValueError as exc:
-        raise OpenAIRequestError(f"the request body is not valid JSON: {exc}") from None
+    body = parse_json_body(raw, max_json_objects)
     if not isinstance(body, dict):
         raise OpenAIRequestError("the request body must be a JSON object")
     return body
@@ -57,7 +56,7 @@ class OpenAICompat:
     paths pass through to ``app``.
 
     ``OpenAICompat(app, *, unsupported="error", aliases={}, max_body_bytes=64 MiB,
-    max_messages=None, max_line_bytes=16 MiB)``: ``unsupported`` is what happens to OpenAI
+    max_messages=None, max_json_objects=None, max_line_bytes=16 MiB)``: ``unsupported`` is what happens to OpenAI
     fields Ollama cannot honour (a 400 naming the field, or ``"ignore"``); ``aliases`` are
     listed by ``/v1/models``.
     """
@@ -70,6 +69,7 @@ class OpenAICompat:
         aliases: Mapping[str, str] | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY,
         max_messages: int | None = None,
+        max_json_objects: int | None = None,
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     ) -> None:
         if unsupported not in ("error", "ignore"):
@@ -79,6 +79,7 @@ class OpenAICompat:
         self.aliases = dict(aliases or {})
         self.max_body_bytes = max_body_bytes
         self.max_messages = max_messages
+        self.max_json_objects = max_json_objects
         self.max_line_bytes = max_line_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -100,7 +101,9 @@ class OpenAICompat:
             return
         if method != "POST":
             raise ProxyError(f"{method} is not allowed on {route.path}; use POST", status_code=405)
-        body = await read_json_object(scope, receive, self.max_body_bytes)
+        body = await read_json_object(
+            scope, receive, self.max_body_bytes, self.max_json_objects
+        )
         exchange, encoder, path = self._translate(route.kind, body)
         await run_exchange(
             self.app,

@@ -281,3 +281,13 @@ async def test_log_lines_escape_the_clients_path(caplog: pytest.LogCaptureFixtur
     assert len(lines) == 1
     assert "\n" not in lines[0] and "\r" not in lines[0]
     assert "\\x0d\\x0aFAKE" in lines[0]
+
+
+async def test_max_json_objects_refuses_a_flood_before_parsing() -> None:
+    fake = FakeOllama()
+    proxy = SmartProxy(Settings(max_json_objects=1000), transport=upstream(fake))
+    flood = b'{"model":"m","messages":[' + b'{"role":"user","content":"x"},' * 2000 + b"{}]}"
+    result = await asgi(proxy, "POST", b"/api/chat", flood)
+    assert result["status"] == 413
+    assert b"OSP_MAX_JSON_OBJECTS" in result["body"]
+    assert fake.requests == []

@@ -101,9 +101,7 @@ class OpenAICompat:
             return
         if method != "POST":
             raise ProxyError(f"{method} is not allowed on {route.path}; use POST", status_code=405)
-        body = await read_json_object(
-            scope, receive, self.max_body_bytes, self.max_json_objects
-        )
+        body = await read_json_object(scope, receive, self.max_body_bytes, self.max_json_objects)
         exchange, encoder, path = self._translate(route.kind, body)
         await run_exchange(
             self.app,

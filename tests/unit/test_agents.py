@@ -473,3 +473,24 @@ async def test_redact_plugin_across_chunks(fake: FakeOllama, plugins: Path) -> N
         history = [*user("/redact"), {"role": "assistant", "content": ack}, *user("hi")]
         status, text = await ask(client, history, dialect="openai", stream=True)
         assert text == "mail [redacted]"
+
+
+async def test_per_request_options_are_not_shared(fake: FakeOllama) -> None:
+    """A hook that changes a mutable option changes it for its own request only."""
+
+    class CollectOptions(BaseModel):
+        seen: list[str] = []
+
+    class Collect(Agent):
+        name = "collect"
+        Options = CollectOptions
+
+        async def on_request(self, request: NativeRequest, call: SlashCall | None) -> Reply | None:
+            self.options.seen.append(call.prompt if call else "")
+            return Reply(",".join(self.options.seen))
+
+    app = SmartProxy(agents=[Collect], transport=upstream(fake), entry_points=False)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://p") as c:
+        for word in ("one", "two"):
+            status, text = await ask(c, user(f"/collect {word}"))
+            assert text == word  # not "one,two": the list is per request

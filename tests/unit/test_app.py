@@ -11,7 +11,7 @@ from asgi_lifespan import LifespanManager
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-from ollama_smart_proxy import SmartProxy, __version__
+from ollama_smart_proxy import Settings, SmartProxy, __version__
 from ollama_smart_proxy.access_log import JSONFormatter
 from ollama_smart_proxy.testing import FakeOllama, StreamingASGITransport
 from tests.conftest import upstream
@@ -107,3 +107,53 @@ async def test_request_id_and_access_log(
     assert line["request_id"] == "abc-123"
     assert line["path"] == "/api/chat"
     assert line["duration_ms"] >= 0
+
+
+async def test_fake_ollama_can_be_mounted_under_a_prefix() -> None:
+    fake = FakeOllama()
+    outer = Starlette(routes=[Mount("/ollama", app=fake)])
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=outer), base_url="http://o"
+    ) as client:
+        tags = await client.get("/ollama/api/tags")
+    assert tags.status_code == 200 and tags.json()["models"]
+    assert fake.requests[0].path == "/api/tags"
+
+
+async def test_failed_stream_and_client_are_in_the_access_log(
+    fake: FakeOllama, caplog: pytest.LogCaptureFixture
+) -> None:
+    from ollama_smart_proxy.testing import FakeReply
+
+    caplog.set_level(logging.INFO, logger="ollama_smart_proxy.access")
+    fake.script(FakeReply(content="a b c d", drop_after=2))
+    proxy = SmartProxy(transport=StreamingASGITransport(fake))
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=proxy, client=("10.1.2.3", 5555)), base_url="http://p"
+    ) as client:
+        response = await client.post(
+            "/api/chat",
+            json={"model": "llama3.2", "messages": [{"role": "user", "content": "x"}]},
+        )
+    assert response.status_code == 200  # the stream had begun
+    record = next(r for r in caplog.records if r.name == "ollama_smart_proxy.access")
+    assert record.client == "10.1.2.3:5555"  # type: ignore[attr-defined]
+    assert "closed the stream early" in record.error  # type: ignore[attr-defined]
+    assert record.getMessage().startswith("10.1.2.3:5555 POST /api/chat llama3.2 200")
+    assert 'error="' in record.getMessage()
+
+
+def test_a_proxy_that_forwards_to_itself_answers_508() -> None:
+    import socket
+
+    from ollama_smart_proxy.testing import serve_in_thread
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proxy = SmartProxy(Settings(upstream=f"http://127.0.0.1:{port}"))
+    with serve_in_thread(proxy, port=port) as url:
+        response = httpx.get(url + "/api/tags", timeout=10)
+    assert response.status_code == 508
+    assert "the upstream" in response.json()["error"]
+    assert "is the proxy itself" in response.json()["error"]

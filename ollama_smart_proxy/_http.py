@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import anyio
 
@@ -109,26 +109,50 @@ async def send_body(
     await send({"type": "http.response.body", "body": body})
 
 
+#: Receives the body of a side request's answer, piece by piece.
+Sink = Callable[[bytes], Awaitable[None]]
+
+_BASE_SCOPE: Scope = {
+    "type": "http",
+    "asgi": {"version": "3.0", "spec_version": "2.3"},
+    "http_version": "1.1",
+    "scheme": "http",
+    "root_path": "",
+    "headers": [],
+    "client": None,
+    "server": None,
+}
+
+
 async def side_request(
-    app: ASGIApp, scope: Scope, method: str, path: str, body: bytes = b""
+    app: ASGIApp,
+    scope: Scope | None,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    *,
+    sink: Sink | None = None,
 ) -> tuple[int, bytes]:
     """Call ``app`` with a small native request of our own and collect its answer.
 
     For requests made on behalf of a client request (``/api/tags`` for ``/v1/models``,
-    ``/api/show`` for ``/show``): the client's headers are kept (its key too), the path,
-    method and body are ours, and nobody can disconnect it.
+    ``/api/show`` for ``/show``), ``scope`` is the client's: its headers are kept (its key
+    too), the path, method and body are ours, and nobody can disconnect it. With no scope
+    the request is the proxy's own (a pull, a preload). ``sink`` receives the body as it
+    comes instead of collecting it.
     """
-    inner = {key: value for key, value in scope.items() if not key.startswith("ollama_smart_proxy")}
+    base = scope if scope is not None else _BASE_SCOPE
+    inner = {key: value for key, value in base.items() if not key.startswith("ollama_smart_proxy")}
     inner.update(
         method=method,
-        path=scope.get("root_path", "") + path,
+        path=base.get("root_path", "") + path,
         raw_path=path.encode(),
         query_string=b"",
-        headers=json_request_headers(scope["headers"], len(body)),
+        headers=json_request_headers(base["headers"], len(body)),
     )
     for key in ("ollama_smart_proxy.context", "ollama_smart_proxy.key"):
-        if key in scope:  # the request's log record and key stay the client's
-            inner[key] = scope[key]
+        if key in base:  # the request's log record and key stay the client's
+            inner[key] = base[key]
     inner[ROUTE_KEY] = resolve_path(path.encode())
     status = 500
     chunks: list[bytes] = []
@@ -140,6 +164,9 @@ async def side_request(
             status = message["status"]
         elif message["type"] == "http.response.body":
             data = message.get("body", b"")
+            if sink is not None and status < 400:
+                await sink(data)
+                return
             size += len(data)
             if size > MAX_SIDE_ANSWER:
                 raise UpstreamError("Ollama's answer to a side request is too large")

@@ -15,6 +15,7 @@ from .boundary import ErrorBoundary
 from .entry import NativeEntry
 from .errors import ProxyError
 from .health import Health, send_json
+from .models import ModelLoader
 from .openai import OpenAICompat
 from .routing import route_of
 from .settings import Settings
@@ -108,6 +109,17 @@ class SmartProxy:
             max_body_bytes=settings.max_body_bytes,
             transport=transport,
         )
+        self.loader = ModelLoader(
+            self.upstream,  # (admission goes between the loader and the upstream)
+            aliases=settings.aliases,
+            default_model=settings.default_model,
+            auto_pull=settings.auto_pull,
+            keep_alive=settings.keep_alive,
+            preload=settings.preload,
+            pull_timeout=settings.pull_timeout,
+            catalogue_ttl=settings.catalogue_ttl,
+            max_body_bytes=settings.max_body_bytes,
+        )
         self._app = self._build()
 
     def _build(self) -> ASGIApp:
@@ -121,11 +133,15 @@ class SmartProxy:
         }
         # Below the translation, every model request is one native exchange.
         completions = self.registry.build(
-            self.upstream,  # (model loader and admission go between agents and upstream)
-            prefix=s.command_prefix,
-            max_body_bytes=s.max_body_bytes,
+            self.loader, prefix=s.command_prefix, max_body_bytes=s.max_body_bytes
         )
-        health = Health(self.upstream.fetch, upstream=self.upstream.url, timeout=s.health_timeout)
+        health = Health(
+            self.upstream.fetch,
+            upstream=self.upstream.url,
+            timeout=s.health_timeout,
+            sources={"models": self.loader.models.describe},
+            checks=[self.loader.not_ready] if s.ready_waits_for_preload else [],
+        )
         routes = Router(
             native=NativeEntry(completions, **limits),
             openai=OpenAICompat(
@@ -148,11 +164,14 @@ class SmartProxy:
         return [spec.name for spec in self.registry.ordered()]
 
     async def startup(self) -> None:
-        """Open the upstream transport (it is also opened lazily on first use)."""
+        """Open the upstream transport (it is also opened lazily on first use) and start
+        preloading models."""
         _ = self.upstream.transport
+        await self.loader.startup()
 
     async def aclose(self) -> None:
-        """Close the upstream transport."""
+        """Stop pulls and preloads in flight and close the upstream transport."""
+        await self.loader.aclose()
         await self.upstream.aclose()
 
     async def __aenter__(self) -> SmartProxy:

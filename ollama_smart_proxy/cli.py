@@ -86,8 +86,23 @@ def build_app(settings: Settings, demo: bool = False) -> Any:
         return SmartProxy(settings)
     from .testing import FakeOllama, StreamingASGITransport
 
-    fake = FakeOllama(token_delay=0.03)
-    return SmartProxy(settings, transport=StreamingASGITransport(fake))
+    fake = FakeOllama(token_delay=0.03, pullable=DEMO_PULLABLE, pull_delay=3.0)
+    return SmartProxy(demo_settings(settings), transport=StreamingASGITransport(fake))
+
+
+#: What --demo shows of model loading, unless the user configured their own.
+DEMO_ALIASES = {"gpt-4o-mini": "llama3.2"}
+DEMO_PULLABLE = ["mistral*", "phi*"]
+
+
+def demo_settings(settings: Settings) -> Settings:
+    """``settings`` with an alias and auto-pull for the demo's fake registry."""
+    update: dict[str, Any] = {}
+    if not settings.aliases:
+        update["aliases"] = DEMO_ALIASES
+    if settings.auto_pull == "off":
+        update["auto_pull"] = DEMO_PULLABLE
+    return settings.model_copy(update=update)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -221,8 +236,11 @@ def demo_banner(url: str) -> str:
     from .testing._fake import DEMO_MODELS
 
     models = ", ".join(DEMO_MODELS)
+    aliases = ", ".join(f"{alias} -> {model}" for alias, model in DEMO_ALIASES.items())
     return (
         f"  demo models: {models}\n"
+        f"  aliases:     {aliases}\n"
+        f"  auto-pull:   {', '.join(DEMO_PULLABLE)} (try model 'mistral': pulled in 3 s)\n"
         f"  try: curl {url}/api/chat -d "
         '\'{"model":"llama3.2","messages":[{"role":"user","content":"hello"}]}\'\n'
         f"       curl {url}/v1/chat/completions -d "

@@ -114,6 +114,19 @@ class Settings(BaseSettings):
         "off", description="Pull missing models: off, on, or a list of name patterns."
     )
     preload: list[str] = Field(default_factory=list, description="Models to load at startup.")
+    ready_waits_for_preload: bool = Field(
+        True, description="/health/ready answers 503 until the preload is done."
+    )
+    keep_alive: dict[str, int | float | str] = Field(
+        default_factory=dict,
+        description="keep_alive per model name pattern (first match wins; a client's own wins).",
+    )
+    pull_timeout: float = Field(
+        1800.0, gt=0, description="Seconds an automatic pull may take before its waiters get 504."
+    )
+    catalogue_ttl: float = Field(
+        10.0, ge=0, description="Seconds the list of installed models (/api/tags) is kept."
+    )
     api_keys: list[str] | None = Field(None, description="Keys accepted for the API.")
     admin_keys: list[str] | None = Field(None, description="Keys accepted for admin routes.")
     plugins_dirs: list[Path] = Field(default_factory=list, description="Plugin folders.")

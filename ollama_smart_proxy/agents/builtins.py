@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from ..commands import SlashCall, split_words
+from ..errors import ProxyError
 from ..schemas import ChatRequest, GenerateRequest, Message, NativeRequest
 from .base import Agent, Reply
 
@@ -161,7 +162,7 @@ def _system_split(text: str) -> tuple[list[str], str]:
 
 class LoadCommand(Agent):
     name = "load"
-    summary = "Switch to another model for this conversation"
+    summary = "Switch to another model for this conversation (pulled if allowed)"
     usage = "/load MODEL"
     priority = 20
     session = True
@@ -176,10 +177,30 @@ class LoadCommand(Agent):
             return None
         if not call.args:
             return None if call.replay else Reply(f"Usage: {self.usage}")
-        request.model = call.args[0]
-        if call.prompt or call.replay:
+        model = call.args[0]
+        request.model = model
+        if call.replay:
+            return None  # loaded when the command was typed: the model is just used
+        # Load it for real, the way any request would reach it: through the model loader
+        # below (alias, auto-pull, keep_alive policy), with an empty generate request.
+        try:
+            status, answer = await self.call_ollama("POST", "/api/generate", {"model": model})
+        except ProxyError as exc:
+            return Reply(_not_loaded(model, exc.message))
+        if status == 400 and "does not support generate" in str(answer):
+            status, answer = await self.call_ollama("POST", "/api/embed", {"model": model})
+        if status != 200:
+            error = answer.get("error") if isinstance(answer, dict) else answer
+            return Reply(_not_loaded(model, str(error or f"HTTP {status}")))
+        if call.prompt:
             return None
-        return Reply(f"Loading model '{call.args[0]}'")
+        return Reply(f"Loaded '{model}'")
+
+
+def _not_loaded(model: str, reason: str) -> str:
+    if "auto-pull" in reason and "not installed" in reason:
+        return f"'{model}' is not installed and auto-pull does not allow it."
+    return f"Could not load '{model}': {reason}"
 
 
 class ShowCommand(Agent):

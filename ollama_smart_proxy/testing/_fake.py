@@ -15,7 +15,7 @@ import random
 import re
 import string
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,8 +38,13 @@ def _dumps(value: Any) -> bytes:
 
 
 def normalize_name(name: str) -> str:
-    """``llama3.2`` -> ``llama3.2:latest``, lower case, as Ollama matches names."""
+    """``Llama3.2`` or ``registry.ollama.ai/library/llama3.2`` -> ``llama3.2:latest``: the
+    short, lower-case form, as Ollama matches names (its own rules, written out again here
+    so the fake is an independent check of the proxy's)."""
     name = name.strip().lower()
+    for prefix in ("registry.ollama.ai/", "library/"):
+        if name.startswith(prefix) and name.count("/") >= 1:
+            name = name[len(prefix) :]
     last = name.rsplit("/", 1)[-1]
     return name if ":" in last else f"{name}:latest"
 
@@ -167,7 +172,8 @@ Replier = Callable[[dict[str, Any]], "FakeReply | str | None"]
 class FakeOllama:
     """An ASGI app that behaves like Ollama.
 
-    ``FakeOllama(models=..., pullable=["llama3*"], reply=None, token_delay=0.0)``.
+    ``FakeOllama(models=..., pullable=["llama3*"], reply=None, token_delay=0.0,
+    pull_delay=0.0, pull_errors={})``.
     Chat and generate echo the last user message (or prompt) token by token unless a
     reply is scripted with :meth:`script` or given as ``reply`` (a string, a
     ``FakeReply``, or a callable taking the request body). Every request is recorded in
@@ -179,6 +185,8 @@ class FakeOllama:
         models: Iterable[FakeModel | str] | None = None,
         *,
         pullable: Iterable[str] = ("*",),
+        pull_delay: float = 0.0,
+        pull_errors: dict[str, str] | None = None,
         reply: FakeReply | str | Replier | None = None,
         token_delay: float = 0.0,
         version: str = VERSION,
@@ -190,6 +198,12 @@ class FakeOllama:
             model = FakeModel(model) if isinstance(model, str) else model
             self.models[model.name] = FakeModel(**vars(model))
         self.pullable = list(pullable)
+        #: Seconds a pull takes (spread over its progress lines).
+        self.pull_delay = pull_delay
+        #: Name pattern -> the error its pull ends with (a registry that cannot be reached).
+        self.pull_errors = dict(pull_errors or {})
+        #: Pulls started, per model (short name).
+        self.pulls: Counter[str] = Counter()
         self.reply = reply
         self.token_delay = token_delay
         self.version = version
@@ -402,11 +416,19 @@ class FakeOllama:
         if not name or not re.match(r"^[\w./:-]+$", name):
             await _json(send, 400, {"error": "invalid model name"})
             return
-        if not any(
+        self.pulls[normalize_name(name)] += 1
+        error = None
+        for pattern, message in self.pull_errors.items():
+            if fnmatchcase(normalize_name(name), normalize_name(pattern)):
+                error = message
+        if error is None and not any(
             fnmatchcase(normalize_name(name), normalize_name(p)) or fnmatchcase(name, p)
             for p in self.pullable
         ):
             error = "pull model manifest: file does not exist"
+        if error is not None:
+            if self.pull_delay:
+                await anyio.sleep(self.pull_delay)
             if not stream:
                 await _json(send, 500, {"error": error}, content_type=b"application/json")
                 return
@@ -415,7 +437,7 @@ class FakeOllama:
         digest = hashlib.sha256(name.encode()).hexdigest()
         total = 2_019_393_189
         progress: list[Chunk] = [{"status": "pulling manifest"}]
-        for completed in (0, total // 2, total):
+        for completed in (0, total // 4, total // 2, total * 3 // 4, total):
             progress.append(
                 {
                     "status": f"pulling {digest[:12]}",
@@ -429,12 +451,20 @@ class FakeOllama:
             {"status": "writing manifest"},
             {"status": "success"},
         ]
-        model = FakeModel(name)
-        self.models[model.name] = model
+        delay = self.pull_delay / len(progress) if self.pull_delay else self.token_delay
         if not stream:
+            await anyio.sleep(self.pull_delay)
+            self._install(name)
             await _json(send, 200, progress[-1], content_type=b"application/json")
             return
-        await _stream(send, progress, delay=self.token_delay)
+        await _stream(send, progress[:-1], delay=delay, end=False)
+        self._install(name)
+        # the last line after the model is in place, as Ollama writes the manifest first
+        await send({"type": "http.response.body", "body": _dumps(progress[-1]) + b"\n"})
+
+    def _install(self, name: str) -> None:
+        model = FakeModel(normalize_name(name))
+        self.models.setdefault(model.name, model)
 
     # -- embeddings -------------------------------------------------------------------
 
@@ -806,7 +836,7 @@ async def _empty(send: Send) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
-async def _stream(send: Send, chunks: list[Chunk], delay: float = 0.0) -> None:
+async def _stream(send: Send, chunks: list[Chunk], delay: float = 0.0, *, end: bool = True) -> None:
     await send(
         {
             "type": "http.response.start",
@@ -818,4 +848,5 @@ async def _stream(send: Send, chunks: list[Chunk], delay: float = 0.0) -> None:
         await send({"type": "http.response.body", "body": _dumps(chunk) + b"\n", "more_body": True})
         if delay:
             await anyio.sleep(delay)
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    if end:
+        await send({"type": "http.response.body", "body": b"", "more_body": False})

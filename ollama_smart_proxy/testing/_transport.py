@@ -113,10 +113,16 @@ class _Body(httpx.AsyncByteStream):
             yield item
 
     async def aclose(self) -> None:
+        # Like a client that leaves: the app's sends do nothing from now on and its receive
+        # says http.disconnect. Keep the queue empty so a send already waiting returns.
         self._closed.set()
-        while not self._chunks.empty():  # unblock a send waiting on the full queue
+        deadline = asyncio.get_running_loop().time() + 5
+        while not self._task.done():
+            while not self._chunks.empty():
+                self._chunks.get_nowait()
+            if asyncio.get_running_loop().time() > deadline:
+                self._task.cancel()
+                break
+            await asyncio.wait({self._task}, timeout=0.005)
+        while not self._chunks.empty():
             self._chunks.get_nowait()
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), timeout=5)
-        except (TimeoutError, Exception):
-            self._task.cancel()

@@ -37,7 +37,7 @@ def test_chat_ui_flow_with_openai_sdk(proxy_url: str, fake: FakeOllama) -> None:
             {"role": "user", "content": "hello there"},
         ]
         assert sent["options"] == {"temperature": 0.3}
-        assert say("/load qwen3") == "Loading model 'qwen3'"
+        assert say("/load qwen3") == "Loaded 'qwen3'"
         assert say("and now?") == "and now?"
         sent = fake.calls("/api/chat")[-1].json
         assert sent["model"] == "qwen3"

@@ -194,8 +194,10 @@ async def test_load_switches_model(
     client: httpx.AsyncClient, fake: FakeOllama, dialect: str, stream: bool
 ) -> None:
     status, ack = await ask(client, user("/load qwen3"), dialect=dialect, stream=stream)
-    assert ack == "Loading model 'qwen3'"
-    assert fake.requests == []
+    assert ack == "Loaded 'qwen3'"
+    # loaded for real: an empty generate request, as Ollama's own clients load a model
+    assert [(r.path, r.json) for r in fake.requests] == [("/api/generate", {"model": "qwen3"})]
+    assert "qwen3:latest" in fake.loaded
     await ask(
         client,
         [*user("/load qwen3"), {"role": "assistant", "content": ack}, *user("hi")],
@@ -203,6 +205,7 @@ async def test_load_switches_model(
         stream=stream,
     )
     assert fake.calls("/api/chat")[-1].json["model"] == "qwen3"
+    assert len(fake.calls("/api/generate")) == 1  # a replayed /load does not load again
 
 
 async def test_show_and_clear(client: httpx.AsyncClient, fake: FakeOllama) -> None:

@@ -73,6 +73,11 @@ def test_demo_serves_without_ollama(workers: int) -> None:
             },
         )
         assert reply.json()["message"]["content"] == "hi demo"
+        aliased = httpx.post(
+            url + "/v1/chat/completions",
+            json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+        )
+        assert aliased.json()["model"] == "gpt-4o-mini"
     finally:
         process.terminate()
         output, _ = process.communicate(timeout=10)
@@ -80,6 +85,8 @@ def test_demo_serves_without_ollama(workers: int) -> None:
     assert "upstream: in-process FakeOllama (--demo)" in output
     assert "agents:   help, clear, set, load, show" in output
     assert "demo models: llama3.2:latest" in output
+    assert "aliases:     gpt-4o-mini -> llama3.2" in output
+    assert "try model 'mistral'" in output
     if workers > 1:
         assert f"workers:  {workers}" in output
 

@@ -159,7 +159,7 @@ def test_history_cleaning() -> None:
             ("user", "/help"),
             ("assistant", "Available commands: ..."),
             ("user", "/load qwen3"),
-            ("assistant", "Loading model 'qwen3'"),
+            ("assistant", "Loaded 'qwen3'"),
             ("user", "/translate fr bonjour"),
             ("assistant", "hello"),
             ("user", "what now?"),

@@ -1,0 +1,189 @@
+"""``ModelLoader``: the model a request names simply works.
+
+Every request that names a model passes through it (chat, generate, embed, embeddings, show,
+and the translated dialects): an alias is replaced by its model, a request that names none
+gets the default model, a ``keep_alive`` policy fills in what the client left out, and a
+model that is not installed is pulled first when ``auto_pull`` allows it (one pull per model,
+whoever asks). Answers name the model the client asked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from ..encoding import Chunk
+from ..entry import DEFAULT_MAX_BODY, PARSED_KINDS, NativeEntry
+from ..exchange import Exchange, get_exchange
+from ..routing import route_of
+from ..types import ASGIApp, Message, Receive, Scope, Send
+from .names import Aliases, first_match
+from .upstream_models import UpstreamModels
+
+#: Requests that make Ollama run the model: a missing one is pulled for them.
+RUN_KINDS = frozenset({"chat", "generate", "embed", "embeddings"})
+#: Native routes after which the list of installed models is different.
+CATALOGUE_CHANGES = frozenset({"pull", "push", "create", "copy", "delete"})
+
+AutoPull = Literal["off", "on"] | Sequence[str]
+
+
+class NameAs:
+    """A transform that names, in every chunk, the model the client asked for."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    async def on_chunk(self, chunk: Chunk) -> Chunk | None:
+        if "model" in chunk:
+            chunk["model"] = self.name
+        return chunk
+
+    async def on_end(self) -> list[Chunk]:
+        return []
+
+
+class ModelLoader:
+    """``ModelLoader(app, *, aliases={}, default_model=None, auto_pull="off",
+    keep_alive={}, preload=(), pull_timeout=1800, catalogue_ttl=10, max_body_bytes=64 MiB)``.
+
+    ``auto_pull`` is ``"off"``, ``"on"`` or a list of shell-style name patterns a missing
+    model must match to be pulled; ``keep_alive`` maps name patterns to an Ollama duration
+    (the first match wins, and a client's own value wins over it); ``preload`` models are
+    loaded in the background by :meth:`startup`. Used alone (no exchange made above it), it
+    parses the request itself. Its own requests to Ollama go to ``app``.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        aliases: Mapping[str, str] | None = None,
+        default_model: str | None = None,
+        auto_pull: AutoPull = "off",
+        keep_alive: Mapping[str, Any] | None = None,
+        preload: Sequence[str] = (),
+        pull_timeout: float = 1800.0,
+        catalogue_ttl: float = 10.0,
+        max_body_bytes: int = DEFAULT_MAX_BODY,
+    ) -> None:
+        if isinstance(auto_pull, str) and auto_pull not in ("off", "on"):
+            raise ValueError("auto_pull must be 'off', 'on', or a list of name patterns")
+        if pull_timeout <= 0 or catalogue_ttl < 0:
+            raise ValueError("pull_timeout must be positive and catalogue_ttl not negative")
+        self.app = app
+        self.aliases = Aliases(aliases)
+        self.default_model = default_model or None
+        self.auto_pull = auto_pull if isinstance(auto_pull, str) else list(auto_pull)
+        self.keep_alive = dict(keep_alive or {})
+        self.preload = list(preload)
+        self.models = UpstreamModels(app, catalogue_ttl=catalogue_ttl, pull_timeout=pull_timeout)
+        self._alone = NativeEntry(self._handle, max_body_bytes=max_body_bytes)
+
+    # -- policy -------------------------------------------------------------------------
+
+    def may_pull(self, model: str) -> bool:
+        """Whether ``auto_pull`` lets the proxy pull ``model``."""
+        if self.auto_pull == "off":
+            return False
+        if self.auto_pull == "on":
+            return True
+        return first_match(self.auto_pull, model) is not None
+
+    def keep_alive_for(self, model: str) -> Any:
+        """The ``keep_alive`` the policy gives ``model`` (``None``: Ollama's default)."""
+        pattern = first_match(self.keep_alive, model)
+        return self.keep_alive[pattern] if pattern is not None else None
+
+    def _why_not(self, model: str) -> str:
+        if self.auto_pull == "off":
+            return ", and auto-pull is off (OSP_AUTO_PULL)"
+        return (
+            f", and auto-pull (OSP_AUTO_PULL) allows only {', '.join(self.auto_pull)}"
+            if not isinstance(self.auto_pull, str)
+            else ""
+        )
+
+    async def ensure(self, model: str) -> None:
+        """Make sure ``model`` is installed: pulled if it is missing and may be."""
+        await self.models.ensure(model, may_pull=self.may_pull(model), why_not=self._why_not(model))
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        """Start loading the ``preload`` models in the background."""
+        models = [self.aliases.resolve(model) for model in self.preload]
+        self.models.start_preload(
+            [(model, self.may_pull(model)) for model in models], self.keep_alive_for
+        )
+
+    def not_ready(self) -> str | None:
+        """Why the proxy is not ready yet (preloading), or ``None``."""
+        if not self.models.preloading:
+            return None
+        waiting = [p.model for p in self.models.preloads if p.status in ("pending", "loading")]
+        return f"preloading {', '.join(waiting)}"
+
+    async def aclose(self) -> None:
+        await self.models.aclose()
+
+    # -- ASGI ---------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if get_exchange(scope) is not None:
+            await self._handle(scope, receive, send)
+            return
+        kind = route_of(scope).kind
+        if kind in PARSED_KINDS and scope["method"] == "POST":
+            await self._alone(scope, receive, send)
+        elif kind in CATALOGUE_CHANGES:
+            await self.app(scope, receive, self._invalidating(send))
+        else:
+            await self.app(scope, receive, send)
+
+    def _invalidating(self, send: Send) -> Send:
+        catalogue = self.models.catalogue
+
+        async def watching_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] < 400:
+                catalogue.invalidate()
+            await send(message)
+
+        return watching_send
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        exchange = get_exchange(scope)
+        if exchange is not None:
+            await self._prepare(exchange)
+        await self.app(scope, receive, send)
+
+    async def _prepare(self, exchange: Exchange) -> None:
+        request = exchange.request
+        asked = exchange.model
+        if not asked and exchange.kind in ("chat", "generate"):
+            asked = self.default_model
+        if not asked:
+            return  # Ollama answers a request with no model as it does
+        model = self.aliases.resolve(asked)
+        if model != exchange.model:
+            request.model = model
+            if getattr(request, "name", None):
+                request.name = model  # type: ignore[union-attr]
+            exchange.changed()
+        if model != asked:
+            exchange.transforms.append(NameAs(asked))  # answers name what the client asked
+        if exchange.kind not in RUN_KINDS:
+            return
+        if self.keep_alive and request.keep_alive is None:  # type: ignore[union-attr]
+            keep_alive = self.keep_alive_for(model)
+            if keep_alive is not None:
+                request.keep_alive = keep_alive  # type: ignore[union-attr]
+                exchange.changed()
+        if self.auto_pull != "off":
+            await self.ensure(model)
+
+
+__all__ = ["CATALOGUE_CHANGES", "RUN_KINDS", "AutoPull", "ModelLoader", "NameAs"]

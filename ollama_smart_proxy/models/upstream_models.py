@@ -1,0 +1,315 @@
+"""What the proxy knows of one Ollama's models: its catalogue, pulls in flight, preloads.
+
+One :class:`UpstreamModels` serves one upstream (a layer that spreads over several servers
+would hold one each). It talks to Ollama through an ASGI app (the stack below the model
+loader), with requests of its own: ``/api/tags``, ``/api/pull``, and empty generate or embed
+requests that load a model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._http import side_request
+from .._json import dumps, loads
+from .._ndjson import LineSplitter
+from .._pipeline import error_message
+from ..errors import ModelNotFound, ProxyError, UpstreamError, UpstreamTimeout
+from ..types import ASGIApp
+from .names import canonical
+
+logger = logging.getLogger("ollama_smart_proxy.models")
+
+#: A pull reports progress to the log at most this often (and at every 10%).
+PROGRESS_EVERY = 5.0
+
+
+class Catalogue:
+    """Ollama's ``/api/tags``, kept for ``ttl`` seconds; refreshed by one caller at a time."""
+
+    def __init__(self, app: ASGIApp, *, ttl: float) -> None:
+        self.app = app
+        self.ttl = ttl
+        self._names: set[str] = set()
+        self._fetched = 0.0
+        self._refresh: asyncio.Future[set[str]] | None = None
+
+    def invalidate(self) -> None:
+        """Forget the list: the next question asks Ollama again (after a pull or delete)."""
+        self._fetched = 0.0
+
+    @property
+    def age(self) -> float | None:
+        return time.monotonic() - self._fetched if self._fetched else None
+
+    async def names(self, *, fresh: bool = False) -> set[str]:
+        """The installed models (full names), from the cache unless ``fresh`` or stale."""
+        if not fresh and self._fetched and time.monotonic() - self._fetched < self.ttl:
+            return self._names
+        if self._refresh is None or self._refresh.done():
+            self._refresh = asyncio.ensure_future(self._fetch())
+        return await asyncio.shield(self._refresh)
+
+    async def _fetch(self) -> set[str]:
+        status, body = await side_request(self.app, None, "GET", "/api/tags")
+        if status != 200:
+            raise UpstreamError(f"Ollama answered /api/tags with HTTP {status}")
+        try:
+            models = loads(body).get("models") or []
+        except (ValueError, AttributeError):
+            raise UpstreamError("Ollama answered /api/tags with a body that is not JSON") from None
+        names = {
+            canonical(str(entry.get("model") or entry.get("name") or ""))
+            for entry in models
+            if isinstance(entry, dict)
+        }
+        self._names = names
+        self._fetched = time.monotonic()
+        return names
+
+    async def has(self, model: str) -> bool:
+        """Whether ``model`` is installed; a "no" from a cached list is checked once more."""
+        name = canonical(model)
+        if name in await self.names():
+            return True
+        return name in await self.names(fresh=True)
+
+
+@dataclass
+class Pull:
+    """One pull in flight, shared by every request that waits for the model."""
+
+    model: str
+    started: float = field(default_factory=time.monotonic)
+    status: str = "starting"
+    completed: int = 0
+    total: int = 0
+    waiters: int = 0
+    error: ProxyError | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "status": self.status,
+            "completed": self.completed,
+            "total": self.total,
+            "waiters": self.waiters,
+            "seconds": round(time.monotonic() - self.started, 1),
+        }
+
+
+@dataclass
+class Preload:
+    model: str
+    status: str = "pending"
+    reason: str | None = None
+
+    def describe(self) -> dict[str, Any]:
+        data = {"model": self.model, "status": self.status}
+        if self.reason:
+            data["reason"] = self.reason
+        return data
+
+
+class UpstreamModels:
+    """Catalogue, single-flight pulls and loading, for one upstream."""
+
+    def __init__(self, app: ASGIApp, *, catalogue_ttl: float = 10.0, pull_timeout: float = 1800.0):
+        self.app = app
+        self.catalogue = Catalogue(app, ttl=catalogue_ttl)
+        self.pull_timeout = pull_timeout
+        self.pulls: dict[str, Pull] = {}
+        self.preloads: list[Preload] = []
+        self._preloading: asyncio.Task[None] | None = None
+
+    # -- presence and pulls -----------------------------------------------------------------
+
+    async def ensure(self, model: str, *, may_pull: bool, why_not: str = "") -> None:
+        """Return once ``model`` is installed: at once if it is, after a pull if it may be
+        pulled (one pull per model, whoever asks); else raise ``ModelNotFound``."""
+        if await self.catalogue.has(model):
+            return
+        if not may_pull:
+            raise ModelNotFound(
+                f"model '{model}' not found: it is not installed{why_not}", model=model
+            )
+        await self.pull(model)
+
+    async def pull(self, model: str) -> None:
+        """Pull ``model``, or wait for the pull already running; raise what it failed with.
+
+        A waiter that leaves does not stop the pull: it runs to its end (or to
+        ``pull_timeout``) for the next request that wants the model, since stopping it would
+        throw the downloaded bytes away.
+        """
+        key = canonical(model)
+        pull = self.pulls.get(key)
+        if pull is None:
+            pull = self.pulls[key] = Pull(model)
+            pull.task = asyncio.ensure_future(self._run(pull, key))
+        pull.waiters += 1
+        try:
+            await pull.done.wait()
+        finally:
+            pull.waiters -= 1
+        if pull.error is not None:
+            raise copy.copy(pull.error)  # one exception object per waiter
+
+    async def _run(self, pull: Pull, key: str) -> None:
+        logger.info("pulling %s", pull.model)
+        try:
+            async with asyncio.timeout(self.pull_timeout):
+                await self._pull(pull)
+        except TimeoutError:
+            pull.error = UpstreamTimeout(
+                f"pulling '{pull.model}' did not finish within {self.pull_timeout:g}s "
+                "(OSP_PULL_TIMEOUT)"
+            )
+        except ProxyError as exc:
+            pull.error = _pull_error(pull.model, exc)
+        except Exception as exc:  # pragma: no cover - a bug: every waiter must still hear
+            logger.exception("pull of %s failed", pull.model)
+            pull.error = UpstreamError(f"cannot pull '{pull.model}': {exc}")
+        finally:
+            self.pulls.pop(key, None)  # the next request may try again
+            self.catalogue.invalidate()
+            pull.done.set()
+        if pull.error is not None:
+            logger.warning("pull of %s failed: %s", pull.model, pull.error.message)
+        else:
+            logger.info("pulled %s in %.1fs", pull.model, time.monotonic() - pull.started)
+
+    async def _pull(self, pull: Pull) -> None:
+        lines = LineSplitter()
+        logged = (0.0, -1)  # time, tenth
+
+        async def progress(data: bytes) -> None:
+            nonlocal logged
+            for line in lines.feed(data):
+                try:
+                    event = loads(line)
+                except ValueError:
+                    raise UpstreamError(
+                        f"Ollama sent a pull line that is not JSON: {line[:100]!r}"
+                    ) from None
+                if not isinstance(event, dict):
+                    continue
+                if event.get("error"):
+                    raise _PullFailed(str(event["error"]))
+                pull.status = str(event.get("status") or pull.status)
+                if isinstance(event.get("total"), int) and isinstance(event.get("completed"), int):
+                    pull.total, pull.completed = event["total"], event["completed"]
+                    tenth = pull.completed * 10 // pull.total if pull.total else 0
+                    now = time.monotonic()
+                    if tenth != logged[1] or now - logged[0] >= PROGRESS_EVERY:
+                        logged = (now, tenth)
+                        logger.info(
+                            "pulling %s: %d%% of %.1f GB",
+                            pull.model,
+                            tenth * 10,
+                            pull.total / 1e9,
+                        )
+
+        body = dumps({"model": pull.model, "stream": True})
+        try:
+            status, answer = await side_request(
+                self.app, None, "POST", "/api/pull", body, sink=progress
+            )
+        except _PullFailed as failed:
+            raise _registry_error(pull.model, failed.message) from None
+        if status != 200:
+            raise _registry_error(pull.model, error_message(answer, status), status)
+        if pull.status != "success":
+            raise UpstreamError(f"the pull of '{pull.model}' ended before 'success'")
+
+    # -- loading ----------------------------------------------------------------------------
+
+    async def load(self, model: str, keep_alive: Any = None) -> None:
+        """Load ``model`` into memory, as Ollama's own clients do: an empty request."""
+        body: dict[str, Any] = {"model": model}
+        if keep_alive is not None:
+            body["keep_alive"] = keep_alive
+        status, answer = await side_request(self.app, None, "POST", "/api/generate", dumps(body))
+        if status == 400 and b"does not support generate" in answer:
+            status, answer = await side_request(
+                self.app, None, "POST", "/api/embed", dumps({**body, "input": ""})
+            )
+        if status != 200:
+            raise UpstreamError(f"cannot load '{model}': {error_message(answer, status)}")
+
+    def start_preload(
+        self, models: Sequence[tuple[str, bool]], keep_alive: Callable[[str], Any]
+    ) -> None:
+        """Load ``models`` in the background, in order (each with whether it may be pulled)."""
+        self.preloads = [Preload(model) for model, _ in models]
+        if models:
+            self._preloading = asyncio.ensure_future(self._preload(models, keep_alive))
+
+    async def _preload(
+        self, models: Sequence[tuple[str, bool]], keep_alive: Callable[[str], Any]
+    ) -> None:
+        for preload, (model, may_pull) in zip(self.preloads, models, strict=True):
+            preload.status = "loading"
+            try:
+                await self.ensure(
+                    model, may_pull=may_pull, why_not=" and auto-pull does not allow it"
+                )
+                await self.load(model, keep_alive(model))
+            except ProxyError as exc:
+                preload.status, preload.reason = "failed", exc.message
+                logger.error("preload of %s failed: %s", model, exc.message)
+            else:
+                preload.status = "loaded"
+                logger.info("preloaded %s", model)
+
+    @property
+    def preloading(self) -> bool:
+        return self._preloading is not None and not self._preloading.done()
+
+    def describe(self) -> dict[str, Any]:
+        age = self.catalogue.age
+        return {
+            "catalogue_age_s": round(age, 1) if age is not None else None,
+            "pulls": [pull.describe() for pull in self.pulls.values()],
+            "preload": [preload.describe() for preload in self.preloads],
+        }
+
+    async def aclose(self) -> None:
+        tasks = [pull.task for pull in self.pulls.values() if pull.task is not None]
+        if self._preloading is not None:
+            tasks.append(self._preloading)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class _PullFailed(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _registry_error(model: str, message: str, status: int = 500) -> ProxyError:
+    text = f"cannot pull '{model}': {message}"
+    if status == 404 or "file does not exist" in message or "manifest unknown" in message:
+        return ModelNotFound(text + " (the registry has no such model)", model=model)
+    if status == 400:
+        return ModelNotFound(text, model=model)
+    return UpstreamError(text)
+
+
+def _pull_error(model: str, exc: ProxyError) -> ProxyError:
+    if model in exc.message:
+        return exc
+    return UpstreamError(f"cannot pull '{model}': {exc.message}", status_code=exc.status_code)
+
+
+__all__ = ["Catalogue", "Preload", "Pull", "UpstreamModels"]

@@ -43,8 +43,25 @@ class RequestContext:
     bytes: int = 0
     #: Why the request failed, when it did (also after a stream began with status 200).
     error: str | None = None
-    #: When the first byte of the answer went out (``perf_counter``), 0 before.
-    first_byte: float = 0.0
+    #: Whether Ollama was at fault (unreachable, timeout, cut, an error line).
+    upstream_failed: bool = False
+    #: When the request went to Ollama, and when Ollama's answer began (``perf_counter``).
+    forwarded: float = 0.0
+    answered: float = 0.0
+    #: Tokens in and out, from Ollama's final chunk.
+    tokens_in: int = 0
+    tokens_out: int = 0
+    #: The agents whose hooks ran.
+    agents: list[str] = field(default_factory=list)
+
+    def server_timing(self, now: float) -> str:
+        """``Server-Timing``: the time spent in the proxy before the request went to Ollama
+        (parsing, agents, queueing, pulls), and Ollama's time to answer."""
+        if not self.forwarded:
+            return f"proxy;dur={(now - self.started) * 1000:.1f}"
+        proxy = (self.forwarded - self.started) * 1000
+        upstream = ((self.answered or now) - self.forwarded) * 1000
+        return f"proxy;dur={proxy:.1f}, upstream;dur={upstream:.1f}"
 
 
 def get_context(scope: Scope) -> RequestContext | None:
@@ -89,9 +106,9 @@ class AccessLog:
                 context.bytes += len(message.get("body", b""))
             elif message["type"] == "http.response.start":
                 context.status = message["status"]
-                context.first_byte = time.perf_counter()
+                timing = (b"server-timing", context.server_timing(time.perf_counter()).encode())
                 message = dict(message)
-                message["headers"] = [*message.get("headers", []), id_header]
+                message["headers"] = [*message.get("headers", []), id_header, timing]
             await send(message)
 
         try:

@@ -7,23 +7,32 @@ from collections.abc import Sequence
 from types import TracebackType
 
 import httpx
+from starlette.middleware.cors import CORSMiddleware
 
+from . import metrics as metrics_module
 from .access_log import AccessLog
+from .admission import Admission
 from .agents.base import Agent
 from .agents.registry import AgentRegistry
 from .boundary import ErrorBoundary
 from .entry import NativeEntry
 from .errors import ProxyError
-from .health import Health, send_json
+from .health import Health, StatusSource, send_json
+from .metrics import Metrics, MetricsLayer
 from .models import ModelLoader
 from .openai import OpenAICompat
 from .routing import route_of
+from .security import ApiKeys, RoutePolicy, keys_from_settings
 from .settings import Settings
+from .shutdown import Drain
 from .transports import create_transport, upstream_limits
 from .types import ASGIApp, Receive, Scope, Send
 from .upstream import OllamaUpstream
 
 logger = logging.getLogger("ollama_smart_proxy")
+
+#: Response headers a browser UI may read (CORS).
+EXPOSED_HEADERS = ["x-request-id", "retry-after", "server-timing"]
 
 
 class Router:
@@ -35,7 +44,8 @@ class Router:
         self.proxy = proxy
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        family = route_of(scope).family
+        route = route_of(scope)
+        family = route.family
         if family == "native":
             await self.native(scope, receive, send)
         elif family == "openai":
@@ -45,21 +55,28 @@ class Router:
         elif family in ("responses", "anthropic"):
             await self.native(scope, receive, send)  # Ollama's own, passed through
         else:
-            raise ProxyError(
-                f"no route for {scope['method']} {route_of(scope).path}", status_code=404
-            )
+            raise ProxyError(f"no route for {scope['method']} {route.path}", status_code=404)
 
 
 class ProxyEndpoints:
-    """The proxy's own small endpoints: health, ``/plugins``."""
+    """The proxy's own small endpoints: health, ``/plugins``, ``/metrics``."""
 
-    def __init__(self, health: Health, registry: AgentRegistry) -> None:
+    def __init__(self, health: Health, registry: AgentRegistry, metrics: Metrics | None) -> None:
         self.health = health
         self.registry = registry
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if route_of(scope).kind == "plugins":
+        kind = route_of(scope).kind
+        if kind == "plugins":
             await send_json(send, 200, self.registry.describe())
+        elif kind == "metrics":
+            if self.metrics is None:
+                raise ProxyError(
+                    "metrics need prometheus-client: pip install 'ollama-smart-proxy[server]'",
+                    status_code=501,
+                )
+            await self.metrics.endpoint(scope, receive, send)
         else:
             await self.health(scope, receive, send)
 
@@ -67,10 +84,12 @@ class ProxyEndpoints:
 class SmartProxy:
     """The proxy as one ASGI app.
 
-    ``SmartProxy(settings=Settings(...), agents=[...], transport=None)``. ``transport`` is
-    the httpx transport to Ollama (by default the one ``upstream_transport`` names); it is
+    ``SmartProxy(settings=Settings(...), agents=[...], transport=None, handle_signals=False)``.
+    ``transport`` is the httpx transport to Ollama (by default the proxy's own pool); it is
     opened lazily and closed by ASGI lifespan, by :meth:`aclose`, or by ``async with
     proxy:``, so the proxy also works mounted under an app whose lifespan does not reach it.
+    ``handle_signals`` (the launcher's) starts the graceful drain on SIGTERM; elsewhere, call
+    :meth:`drain` when your server begins to shut down.
     """
 
     def __init__(
@@ -81,8 +100,10 @@ class SmartProxy:
         transport: httpx.AsyncBaseTransport | None = None,
         builtins: bool = True,
         entry_points: bool = True,
+        handle_signals: bool = False,
     ) -> None:
         self.settings = settings = settings or Settings()
+        self.handle_signals = handle_signals
         if transport is None:
             if settings.upstream_transport != "http11":
                 logger.warning(
@@ -102,15 +123,39 @@ class SmartProxy:
             disabled=settings.disabled_agents,
             order=settings.agent_order,
         )
+        token = settings.upstream_api_key
         self.upstream = OllamaUpstream(
             settings.upstream,
             timeout=settings.upstream_timeout,
             connect_timeout=settings.upstream_connect_timeout,
             max_body_bytes=settings.max_body_bytes,
             transport=transport,
+            headers=[("authorization", f"Bearer {token}")] if token else (),
         )
+        self.keys = keys_from_settings(settings.api_keys, settings.admin_keys, settings.keys_file)
+        self.drain_state = Drain(settings.shutdown_grace)
+        self.metrics = (
+            Metrics(
+                known_models=[*settings.aliases, *settings.preload, settings.default_model or ""]
+            )
+            if metrics_module.available()
+            else None
+        )
+        self.admission = (
+            Admission(
+                self.upstream,
+                max_concurrent=settings.max_concurrent,
+                max_queue=settings.max_queue,
+                queue_timeout=settings.queue_timeout,
+            )
+            if settings.max_concurrent is not None
+            else None
+        )
+        if self.admission is not None and self.metrics is not None:
+            self.admission.on_change = self.metrics.queue_changed
+            self.admission.on_wait = self.metrics.waited
         self.loader = ModelLoader(
-            self.upstream,  # (admission goes between the loader and the upstream)
+            self.admission or self.upstream,
             aliases=settings.aliases,
             default_model=settings.default_model,
             auto_pull=settings.auto_pull,
@@ -120,10 +165,20 @@ class SmartProxy:
             catalogue_ttl=settings.catalogue_ttl,
             max_body_bytes=settings.max_body_bytes,
         )
+        if self.metrics is not None:
+            self.loader.models.on_pull = self.metrics.pulled
         self._app = self._build()
 
     def _build(self) -> ASGIApp:
-        """The stack, in the order a request flows (docs/architecture.md draws it)."""
+        """The stack, outermost first, in the order a request flows (docs/architecture.md
+        draws it)::
+
+            CORS > AccessLog > Metrics > ErrorBoundary > ApiKeys > RoutePolicy > Router
+              native:    NativeEntry ─┐
+              openai:    OpenAICompat ┴> CommandParser > agents > ModelLoader
+                                                       > Admission > OllamaUpstream
+              proxy:     health, /plugins, /metrics
+        """
         s = self.settings
         limits = {
             "max_body_bytes": s.max_body_bytes,
@@ -131,7 +186,7 @@ class SmartProxy:
             "max_json_objects": s.max_json_objects,
             "max_line_bytes": s.max_line_bytes,
         }
-        # Below the translation, every model request is one native exchange.
+        # Below the entries, every model request is one native exchange.
         completions = self.registry.build(
             self.loader, prefix=s.command_prefix, max_body_bytes=s.max_body_bytes
         )
@@ -139,17 +194,38 @@ class SmartProxy:
             self.upstream.fetch,
             upstream=self.upstream.url,
             timeout=s.health_timeout,
-            sources={"models": self.loader.models.describe},
+            sources=self._health_sources(),
             checks=[self.loader.not_ready] if s.ready_waits_for_preload else [],
         )
-        routes = Router(
+        app: ASGIApp = Router(
             native=NativeEntry(completions, **limits),
             openai=OpenAICompat(
                 completions, unsupported=s.openai_unsupported, aliases=s.aliases, **limits
             ),
-            proxy=ProxyEndpoints(health, self.registry),
+            proxy=ProxyEndpoints(health, self.registry, self.metrics),
         )
-        return AccessLog(ErrorBoundary(routes))
+        app = RoutePolicy(app, admin_routes=s.admin_routes, keys_required=bool(self.keys))
+        if self.keys:
+            app = ApiKeys(app, keys=self.keys)
+        app = ErrorBoundary(app, drain=self.drain_state)
+        if self.metrics is not None:
+            app = MetricsLayer(app, self.metrics)
+        app = AccessLog(app)
+        if s.cors_origins:
+            app = CORSMiddleware(
+                app,
+                allow_origins=s.cors_origins,
+                allow_methods=["*"],
+                allow_headers=["*"],
+                expose_headers=EXPOSED_HEADERS,
+            )
+        return app
+
+    def _health_sources(self) -> dict[str, StatusSource]:
+        sources: dict[str, StatusSource] = {"models": self.loader.models.describe}
+        if self.admission is not None:
+            sources["admission"] = self.admission.describe
+        return sources
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -163,10 +239,16 @@ class SmartProxy:
         """The agents that run, outermost first."""
         return [spec.name for spec in self.registry.ordered()]
 
+    def drain(self) -> None:
+        """Begin the graceful shutdown: streams in flight get ``shutdown_grace`` seconds."""
+        self.drain_state.begin()
+
     async def startup(self) -> None:
         """Open the upstream transport (it is also opened lazily on first use) and start
         preloading models."""
         _ = self.upstream.transport
+        if self.handle_signals:
+            self.drain_state.install_signal_handlers()
         await self.loader.startup()
 
     async def aclose(self) -> None:

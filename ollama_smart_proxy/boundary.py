@@ -10,6 +10,7 @@ logged here, once, with the request id.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from .access_log import get_context
@@ -18,22 +19,29 @@ from .errors import (
     Dialect,
     ProxyError,
     RequestError,
+    ShuttingDown,
+    UpstreamError,
     render_error,
     render_stream_error,
 )
 from .routing import route_of
+from .shutdown import Drain
 from .types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger("ollama_smart_proxy")
 
 
 class ErrorBoundary:
-    """``ErrorBoundary(app, dialect=None)``: ``dialect`` fixes the dialect of every error
-    (for a layer used alone); by default the route decides it."""
+    """``ErrorBoundary(app, dialect=None, drain=None)``: ``dialect`` fixes the dialect of
+    every error (for a layer used alone); by default the route decides it. With a ``drain``,
+    a request still running when the shutdown grace is over ends like a failed one."""
 
-    def __init__(self, app: ASGIApp, *, dialect: Dialect | None = None) -> None:
+    def __init__(
+        self, app: ASGIApp, *, dialect: Dialect | None = None, drain: Drain | None = None
+    ) -> None:
         self.app = app
         self.dialect = dialect
+        self.drain = drain
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -54,13 +62,21 @@ class ErrorBoundary:
                 ended = True
             await send(message)
 
+        task = asyncio.current_task() if self.drain is not None else None
+        if task is not None and self.drain is not None:
+            self.drain.tasks.add(task)
         try:
             if route.family == "invalid":
                 raise RequestError(route.problem)
             await self.app(scope, receive, tracking_send)
         except ClientDisconnected:
             return  # gone before its request was read: nobody to answer
-        except Exception as exc:
+        except (Exception, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                if not (self.drain is not None and self.drain.expired and task is not None):
+                    raise
+                task.uncancel()
+                exc = ShuttingDown("the proxy is shutting down: this stream was ended")
             error = exc if isinstance(exc, ProxyError) else None
             context = get_context(scope)
             request_id = context.request_id if context is not None else "-"
@@ -84,6 +100,7 @@ class ErrorBoundary:
                 )
             if context is not None:
                 context.error = error.message
+                context.upstream_failed = isinstance(error, UpstreamError)
             if ended:
                 return
             if not started:
@@ -91,10 +108,14 @@ class ErrorBoundary:
                 await send({"type": "http.response.start", "status": status, "headers": headers})
                 await send({"type": "http.response.body", "body": body})
             elif framed:
-                raise  # a body with a length cannot take an error frame: the server closes
+                # A body with a length cannot take an error frame: the server closes it.
+                raise error from exc
             else:
                 tail = render_stream_error(dialect, error)
                 await send({"type": "http.response.body", "body": tail, "more_body": False})
+        finally:
+            if task is not None and self.drain is not None:
+                self.drain.tasks.discard(task)
 
 
 __all__ = ["ErrorBoundary"]

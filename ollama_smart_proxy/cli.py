@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import errno
+import ipaddress
+import logging
 import os
+import shutil
 import socket
 import sys
+import tempfile
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -16,6 +20,8 @@ from pydantic import ValidationError
 from ._version import __version__
 from .access_log import configure_logging
 from .settings import Settings
+
+logger = logging.getLogger("ollama_smart_proxy")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,11 +89,12 @@ def build_app(settings: Settings, demo: bool = False) -> Any:
     from .app import SmartProxy
 
     if not demo:
-        return SmartProxy(settings)
+        return SmartProxy(settings, handle_signals=True)
     from .testing import FakeOllama, StreamingASGITransport
 
     fake = FakeOllama(token_delay=0.03, pullable=DEMO_PULLABLE, pull_delay=3.0)
-    return SmartProxy(demo_settings(settings), transport=StreamingASGITransport(fake))
+    transport = StreamingASGITransport(fake)
+    return SmartProxy(demo_settings(settings), transport=transport, handle_signals=True)
 
 
 #: What --demo shows of model loading, unless the user configured their own.
@@ -146,14 +153,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"ollama-smart-proxy {__version__} listening on {url}")
     print(f"  upstream: {upstream}")
     print(f"  agents:   {agents}")
+    keys = bool(getattr(app, "keys", None))
+    print(f"  keys:     {'required' if keys else 'none: every client may use the proxy'}")
+    if settings.max_concurrent is not None:
+        per = " per worker process" if args.workers > 1 else ""
+        print(
+            f"  admission: {settings.max_concurrent} generations at once{per}, "
+            f"{settings.max_queue} queued"
+        )
+    metrics_dir = None
     if args.workers > 1:
         # Worker processes build their own app from the environment: hand them the settings.
         os.environ[_SETTINGS_ENV] = settings.model_dump_json()
         os.environ[_DEMO_ENV] = "1" if args.demo else ""
-        print(f"  workers:  {args.workers} (each with its own upstream pool)")
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            metrics_dir = tempfile.mkdtemp(prefix="osp-metrics-")
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        print(f"  workers:  {args.workers} (each with its own upstream pool and queue)")
     if args.demo:
         print(demo_banner(url))
     sys.stdout.flush()
+    if not keys and not is_loopback(settings.host):
+        warning = (
+            f"WARNING: listening on {settings.host} with no API keys: anyone who reaches this "
+            "port can use every model, and pull or delete models unless OSP_ADMIN_ROUTES=closed. "
+            "Set OSP_API_KEYS (see docs/security.md)."
+        )
+        print(warning, file=sys.stderr, flush=True)
+        logger.warning(warning)
     config = uvicorn.Config(
         "ollama_smart_proxy.cli:create_app" if args.workers > 1 else app,
         factory=args.workers > 1,
@@ -162,14 +189,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         access_log=False,
         lifespan="on",
         server_header=False,
+        # The proxy ends its own streams at shutdown_grace; uvicorn waits a little longer.
+        timeout_graceful_shutdown=int(settings.shutdown_grace) + 5,
     )
-    if args.workers > 1:
-        from uvicorn.supervisors import Multiprocess
+    try:
+        if args.workers > 1:
+            from uvicorn.supervisors import Multiprocess
 
-        Multiprocess(config, sockets=[sock]).run()
-    else:
-        uvicorn.Server(config).run(sockets=[sock])
+            Multiprocess(config, sockets=[sock]).run()
+        else:
+            uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _url_host(host: str) -> str:

@@ -10,6 +10,7 @@ Exception tree::
     ├── ModelNotFound               404  the model is not installed (and may not be pulled)
     ├── LoopDetected                508  the proxy is its own upstream
     ├── Overloaded                  503  the admission queue is full, or the wait too long
+    ├── ShuttingDown                503  a stream still going when the shutdown grace ends
     └── UpstreamError               502  Ollama unreachable, closed early, or answered junk
         ├── UpstreamTimeout         504  Ollama did not answer in time
         └── UpstreamStatusError     ...  Ollama answered with an error status (kept)
@@ -59,6 +60,8 @@ class ProxyError(Exception):
     """
 
     status_code: int = 500
+    #: The OpenAI error ``type``, where it is not the one the status implies.
+    openai_type: str | None = None
 
     def __init__(
         self,
@@ -94,6 +97,12 @@ class AuthenticationError(ProxyError):
     """No API key, or one the proxy does not know."""
 
     status_code = 401
+    openai_type = "invalid_request_error"  # as OpenAI's own API answers a bad key
+
+    def __init__(self, message: str) -> None:
+        super().__init__(
+            message, code="invalid_api_key", headers=[(b"www-authenticate", b"Bearer")]
+        )
 
 
 class PermissionDenied(ProxyError):
@@ -116,6 +125,12 @@ class LoopDetected(ProxyError):
     """The request came back to the proxy that sent it: the upstream is the proxy itself."""
 
     status_code = 508
+
+
+class ShuttingDown(ProxyError):
+    """The proxy is shutting down: a stream still going at the end of the grace period."""
+
+    status_code = 503
 
 
 class Overloaded(ProxyError):
@@ -168,7 +183,7 @@ def error_object(dialect: Dialect, exc: ProxyError) -> dict[str, Any]:
         return {
             "error": {
                 "message": exc.message,
-                "type": openai_error_type(exc.status_code),
+                "type": exc.openai_type or openai_error_type(exc.status_code),
                 "param": exc.param,
                 "code": exc.code,
             }
@@ -231,6 +246,7 @@ __all__ = [
     "ProxyError",
     "RequestError",
     "RequestTooLarge",
+    "ShuttingDown",
     "UpstreamError",
     "UpstreamStatusError",
     "UpstreamTimeout",

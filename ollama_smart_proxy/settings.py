@@ -25,6 +25,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from .security.keys import KeySpec
+
 DEFAULT_UPSTREAM = "http://127.0.0.1:11434"
 _HOSTPORT = re.compile(r"^(?:[A-Za-z0-9._~-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{0,5})?$")
 
@@ -127,8 +129,36 @@ class Settings(BaseSettings):
     catalogue_ttl: float = Field(
         10.0, ge=0, description="Seconds the list of installed models (/api/tags) is kept."
     )
-    api_keys: list[str] | None = Field(None, description="Keys accepted for the API.")
-    admin_keys: list[str] | None = Field(None, description="Keys accepted for admin routes.")
+    api_keys: list[str | KeySpec] | None = Field(
+        None, description="Keys accepted for the API (a key, sha256:HEX, or an object)."
+    )
+    admin_keys: list[str | KeySpec] | None = Field(
+        None, description="Keys accepted for every route, the admin ones too."
+    )
+    keys_file: Path | None = Field(
+        None,
+        description="TOML or JSON file of keys ([[keys]]: key or sha256, name, models, admin).",
+    )
+    admin_routes: Literal["open", "closed"] = Field(
+        "open",
+        description="Routes that change the server (pull, delete, ...): open (to admin keys, "
+        "when keys are in use), or closed to everyone.",
+    )
+    upstream_api_key: str | None = Field(
+        None, description="A token the proxy sends to Ollama (Authorization: Bearer)."
+    )
+    max_concurrent: int | None = Field(
+        None, gt=0, description="Generations forwarded to Ollama at once (none: no bound)."
+    )
+    max_queue: int = Field(
+        256, ge=0, description="Generations waiting behind max_concurrent; one more gets 503."
+    )
+    queue_timeout: float = Field(
+        30.0, gt=0, description="Seconds a generation may wait in the queue before a 503."
+    )
+    shutdown_grace: float = Field(
+        30.0, ge=0, description="Seconds streams may go on after SIGTERM before they are ended."
+    )
     plugins_dirs: list[Path] = Field(default_factory=list, description="Plugin folders.")
     command_prefix: str = Field("/", min_length=1, description="Slash-command prefix.")
     enabled_agents: list[str] | None = Field(

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .._http import side_request
 from .._json import dumps, loads
+from ..access_log import get_context
 from ..boundary import ErrorBoundary
 from ..commands import CommandSpec, SlashCall, parse_commands, split_words
 from ..encoding import Chunk
@@ -186,6 +187,9 @@ class Agent:
             await self.app(scope, receive, send)
             return
         exchange.changed()  # the hooks may change the request in place
+        context = get_context(scope)
+        if context is not None:
+            context.agents.append(self.name or type(self).__name__)
         handler = copy.copy(self)
         handler.options = self.options.model_copy(deep=True)
         handler.exchange = exchange

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from ..names import Aliases, canonical, matches, same, short
 from .loader import ModelLoader
-from .names import Aliases, canonical, matches, same, short
 from .upstream_models import UpstreamModels
 
 __all__ = ["Aliases", "ModelLoader", "UpstreamModels", "canonical", "matches", "same", "short"]

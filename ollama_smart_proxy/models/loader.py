@@ -14,10 +14,12 @@ from typing import Any, Literal
 
 from ..encoding import Chunk
 from ..entry import DEFAULT_MAX_BODY, PARSED_KINDS, NativeEntry
+from ..errors import PermissionDenied
 from ..exchange import Exchange, get_exchange
+from ..names import Aliases, first_match
 from ..routing import route_of
+from ..security.keys import ApiKey, request_key
 from ..types import ASGIApp, Message, Receive, Scope, Send
-from .names import Aliases, first_match
 from .upstream_models import UpstreamModels
 
 #: Requests that make Ollama run the model: a missing one is pulled for them.
@@ -157,10 +159,10 @@ class ModelLoader:
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         exchange = get_exchange(scope)
         if exchange is not None:
-            await self._prepare(exchange)
+            await self._prepare(exchange, request_key(scope))
         await self.app(scope, receive, send)
 
-    async def _prepare(self, exchange: Exchange) -> None:
+    async def _prepare(self, exchange: Exchange, key: ApiKey | None = None) -> None:
         request = exchange.request
         asked = exchange.model
         if not asked and exchange.kind in ("chat", "generate"):
@@ -168,6 +170,12 @@ class ModelLoader:
         if not asked:
             return  # Ollama answers a request with no model as it does
         model = self.aliases.resolve(asked)
+        # A key's models are checked here, where the name is known and nothing is pulled yet.
+        if key is not None and not key.may_use(asked, model):
+            raise PermissionDenied(
+                f"the key '{key.name}' may not use the model '{asked}' "
+                f"(it may use {', '.join(key.models or ()) or 'no model'})"
+            )
         if model != exchange.model:
             request.model = model
             if getattr(request, "name", None):

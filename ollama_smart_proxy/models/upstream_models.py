@@ -21,8 +21,8 @@ from .._json import dumps, loads
 from .._ndjson import LineSplitter
 from .._pipeline import error_message
 from ..errors import ModelNotFound, ProxyError, UpstreamError, UpstreamTimeout
+from ..names import canonical
 from ..types import ASGIApp
-from .names import canonical
 
 logger = logging.getLogger("ollama_smart_proxy.models")
 
@@ -129,6 +129,8 @@ class UpstreamModels:
         self.pulls: dict[str, Pull] = {}
         self.preloads: list[Preload] = []
         self._preloading: asyncio.Task[None] | None = None
+        #: Called with (model, "ok" or "failed") when a pull ends (metrics).
+        self.on_pull: Callable[[str, str], None] | None = None
 
     # -- presence and pulls -----------------------------------------------------------------
 
@@ -186,6 +188,8 @@ class UpstreamModels:
             logger.warning("pull of %s failed: %s", pull.model, pull.error.message)
         else:
             logger.info("pulled %s in %.1fs", pull.model, time.monotonic() - pull.started)
+        if self.on_pull is not None:
+            self.on_pull(pull.model, "failed" if pull.error is not None else "ok")
 
     async def _pull(self, pull: Pull) -> None:
         lines = LineSplitter()

@@ -213,6 +213,9 @@ class FakeOllama:
         self.loaded: dict[str, float] = {}
         self._script: deque[FakeReply] = deque()
         self._finished = 0
+        #: Chat and generate requests being answered now, and the most there ever were.
+        self.active = 0
+        self.max_active = 0
 
     # -- scripting ----------------------------------------------------------------
 
@@ -550,6 +553,16 @@ class FakeOllama:
         await self._complete("generate", data.get("model") or "", data, receive, send)
 
     async def _complete(
+        self, kind: str, name: str, data: dict[str, Any], receive: Receive, send: Send
+    ) -> None:
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        try:
+            await self._answer(kind, name, data, receive, send)
+        finally:
+            self.active -= 1
+
+    async def _answer(
         self, kind: str, name: str, data: dict[str, Any], receive: Receive, send: Send
     ) -> None:
         model = self.find(name)

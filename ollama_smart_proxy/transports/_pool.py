@@ -214,7 +214,7 @@ class _Connection(asyncio.Protocol):
         self.writable.set()
         self._wake()
         if self.transport is not None:
-            self.transport.close()
+            self.transport.abort()
 
     def _wake(self) -> None:
         waiter = self.body_waiter
@@ -316,7 +316,9 @@ class _Connection(asyncio.Protocol):
         self.keep_alive = False
         self.active = False
         if self.transport is not None and not self.closed:
-            self.transport.close()
+            # abort, not close: a connection we give up on is done with at once (a TLS one
+            # would otherwise wait for the peer's close_notify, outliving the loop).
+            self.transport.abort()
         self.pool.forget(self)
 
 

@@ -1,0 +1,214 @@
+"""Prometheus metrics (``GET /metrics``), through ``prometheus-client`` (the ``server`` extra).
+
+:class:`Metrics` holds one proxy's metrics; :class:`MetricsLayer` records every request when
+it ends, from its log record (route, dialect, model, status, key name, duration, time to
+first byte, tokens). Label values are bounded: routes and dialects are a fixed set, statuses
+are HTTP codes, key names come from the configured keys, and a model is a label only once a
+request for it succeeded (at most ``max_model_labels`` of them; the rest count as
+``other``), so made-up model names cannot grow the series without end.
+
+Under ``--workers``, prometheus-client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``,
+set by the launcher) sums the workers' metrics.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from ._http import send_body
+from .access_log import get_context
+from .routing import route_of
+from .types import ASGIApp, Message, Receive, Scope, Send
+
+try:
+    import prometheus_client
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+    from prometheus_client import multiprocess as _multiprocess
+except ImportError:  # pragma: no cover - exercised where the server extra is not installed
+    prometheus_client = None  # type: ignore[assignment]
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+def available() -> bool:
+    """Whether prometheus-client is installed."""
+    return prometheus_client is not None
+
+
+def multiprocess() -> bool:
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+class ModelLabels:
+    """Model names as label values: the configured ones, then the first ones that worked."""
+
+    def __init__(self, known: Iterable[str] = (), limit: int = 100) -> None:
+        self.known = {name for name in known if name}
+        self.limit = limit
+
+    def label(self, model: str | None, status: int) -> str:
+        if not model:
+            return "-"
+        if model in self.known:
+            return model
+        if status < 400 and len(self.known) < self.limit:
+            self.known.add(model)
+            return model
+        return "other"
+
+
+class Metrics:
+    """One proxy's metrics. ``Metrics(known_models=(), max_model_labels=100)``."""
+
+    def __init__(self, *, known_models: Iterable[str] = (), max_model_labels: int = 100) -> None:
+        if prometheus_client is None:
+            raise RuntimeError(
+                "metrics need prometheus-client: pip install 'ollama-smart-proxy[server]'"
+            )
+        self.models = ModelLabels(known_models, max_model_labels)
+        # In multiprocess mode the workers' files are the registry; else one of our own, so
+        # two proxies in one process do not clash.
+        self.registry = None if multiprocess() else CollectorRegistry()
+        registry = self.registry
+        gauge_mode: dict[str, Any] = {"multiprocess_mode": "livesum"} if multiprocess() else {}
+        self.requests = Counter(
+            "osp_requests_total",
+            "Requests served, by route, dialect, model, status and key name.",
+            ["route", "dialect", "model", "status", "key"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "osp_request_duration_seconds",
+            "Time from the request to the end of its answer.",
+            ["route", "dialect"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.first_byte = Histogram(
+            "osp_time_to_first_token_seconds",
+            "Time from the request to the first byte of its answer's body.",
+            ["route", "dialect"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.tokens = Counter(
+            "osp_tokens_total",
+            "Tokens in (prompt) and out (generated), from Ollama's final chunk.",
+            ["direction", "model"],
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "osp_in_flight",
+            "Generations forwarded to Ollama now.",
+            registry=registry,
+            **gauge_mode,
+        )
+        self.queue_depth = Gauge(
+            "osp_queue_depth",
+            "Generations waiting for a place.",
+            registry=registry,
+            **gauge_mode,
+        )
+        self.queue_wait = Histogram(
+            "osp_queue_wait_seconds",
+            "Time generations waited for a place.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.pulls = Counter(
+            "osp_pulls_total", "Automatic pulls, by result.", ["result"], registry=registry
+        )
+        self.agents = Counter(
+            "osp_agent_invocations_total",
+            "Agents whose hooks ran, by agent.",
+            ["agent"],
+            registry=registry,
+        )
+        self.upstream_errors = Counter(
+            "osp_upstream_errors_total",
+            "Requests that failed because of Ollama (unreachable, timeout, cut, error line).",
+            ["route"],
+            registry=registry,
+        )
+
+    # -- what layers report -------------------------------------------------------------
+
+    def queue_changed(self, in_flight: int, queued: int) -> None:
+        self.in_flight.set(in_flight)
+        self.queue_depth.set(queued)
+
+    def waited(self, seconds: float) -> None:
+        self.queue_wait.observe(seconds)
+
+    def pulled(self, model: str, result: str) -> None:
+        self.pulls.labels(result).inc()
+
+    # -- the endpoint ---------------------------------------------------------------------
+
+    def render(self) -> tuple[bytes, str]:
+        if self.registry is None:
+            registry = CollectorRegistry()
+            _multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        else:
+            registry = self.registry
+        return prometheus_client.generate_latest(registry), prometheus_client.CONTENT_TYPE_LATEST
+
+    async def endpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body, content_type = self.render()
+        await send_body(send, 200, body, content_type.encode())
+
+
+class MetricsLayer:
+    """``MetricsLayer(app, metrics)``: record each request when its answer ends."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        first = 0.0
+
+        async def timing_send(message: Message) -> None:
+            nonlocal first
+            if not first and message["type"] == "http.response.body" and message.get("body"):
+                first = time.perf_counter()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, timing_send)
+        finally:
+            self._record(scope, started, first)
+
+    def _record(self, scope: Scope, started: float, first: float) -> None:
+        context = get_context(scope)
+        if context is None:
+            return
+        route = route_of(scope)
+        metrics = self.metrics
+        exchange = context.exchange
+        model = exchange.asked_model or exchange.model if exchange is not None else None
+        status = context.status
+        label = metrics.models.label(model, status)
+        metrics.requests.labels(
+            route.kind, route.dialect, label, str(status or 0), context.key or "-"
+        ).inc()
+        metrics.duration.labels(route.kind, route.dialect).observe(time.perf_counter() - started)
+        if first:
+            metrics.first_byte.labels(route.kind, route.dialect).observe(first - started)
+        if context.tokens_in or context.tokens_out:
+            metrics.tokens.labels("in", label).inc(context.tokens_in)
+            metrics.tokens.labels("out", label).inc(context.tokens_out)
+        for agent in context.agents:
+            metrics.agents.labels(agent).inc()
+        if context.upstream_failed:
+            metrics.upstream_errors.labels(route.kind).inc()
+
+
+__all__ = ["Metrics", "MetricsLayer", "ModelLabels", "available", "multiprocess"]

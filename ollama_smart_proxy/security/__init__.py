@@ -1,0 +1,16 @@
+"""Who may use the proxy: API keys and the route policy (CORS is Starlette's own)."""
+
+from __future__ import annotations
+
+from .keys import ApiKey, ApiKeys, KeySpec, keys_from_settings, make_key, request_key
+from .policy import RoutePolicy
+
+__all__ = [
+    "ApiKey",
+    "ApiKeys",
+    "KeySpec",
+    "RoutePolicy",
+    "keys_from_settings",
+    "make_key",
+    "request_key",
+]

@@ -1,0 +1,375 @@
+"""Keys, route policy, admission, CORS, metrics and Server-Timing, in-process."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ollama_smart_proxy import Settings, SmartProxy
+from ollama_smart_proxy.testing import FakeOllama, FakeReply
+from tests.conftest import upstream
+
+pytestmark = pytest.mark.anyio
+
+API = "sk-user-0123456789"
+ADMIN = "sk-admin-0123456789"
+HASHED = "sk-hashed-0123456789"
+CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}], "stream": False}
+
+
+def make(fake: FakeOllama, **options: Any) -> tuple[SmartProxy, httpx.AsyncClient]:
+    proxy = SmartProxy(Settings(**options), transport=upstream(fake))
+    client = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=proxy), base_url="http://p", timeout=20
+    )
+    return proxy, client
+
+
+def keyed(fake: FakeOllama, **options: Any) -> tuple[SmartProxy, httpx.AsyncClient]:
+    digest = hashlib.sha256(HASHED.encode()).hexdigest()
+    return make(
+        fake,
+        api_keys=[API, f"sha256:{digest}"],
+        admin_keys=[{"key": ADMIN, "name": "ops"}],
+        **options,
+    )
+
+
+# -- the auth matrix --------------------------------------------------------------------------
+
+CREDENTIALS = {
+    "none": {},
+    "wrong": {"authorization": "Bearer sk-wrong"},
+    "api": {"authorization": f"Bearer {API}"},
+    "api-x-api-key": {"x-api-key": API},
+    "hashed": {"authorization": f"Bearer {HASHED}"},
+    "admin": {"authorization": f"Bearer {ADMIN}"},
+}
+ROUTES = {
+    "native chat": ("POST", "/api/chat", CHAT),
+    "native tags": ("GET", "/api/tags", None),
+    "openai chat": ("POST", "/v1/chat/completions", {**CHAT, "stream": False}),
+    "openai models": ("GET", "/v1/models", None),
+    "pull": ("POST", "/api/pull", {"model": "llama3.2", "stream": False}),
+    "delete": ("DELETE", "/api/delete", {"model": "nothing-here"}),
+    "live": ("GET", "/health/live", None),
+    "ready": ("GET", "/health/ready", None),
+    "health": ("GET", "/health", None),
+    "metrics": ("GET", "/metrics", None),
+    "plugins": ("GET", "/plugins", None),
+}
+EXPECTED = {
+    # route: status for none, wrong, api, api-x-api-key, hashed, admin
+    "native chat": (401, 401, 200, 200, 200, 200),
+    "native tags": (401, 401, 200, 200, 200, 200),
+    "openai chat": (401, 401, 200, 200, 200, 200),
+    "openai models": (401, 401, 200, 200, 200, 200),
+    "pull": (401, 401, 403, 403, 403, 200),
+    "delete": (401, 401, 403, 403, 403, 404),
+    "live": (200, 200, 200, 200, 200, 200),
+    "ready": (200, 200, 200, 200, 200, 200),
+    "health": (401, 401, 200, 200, 200, 200),
+    "metrics": (401, 401, 200, 200, 200, 200),
+    "plugins": (401, 401, 200, 200, 200, 200),
+}
+
+
+@pytest.mark.parametrize("route", sorted(ROUTES))
+async def test_auth_matrix(route: str) -> None:
+    fake = FakeOllama()
+    _, client = keyed(fake)
+    method, path, body = ROUTES[route]
+    for (credential, headers), expected in zip(CREDENTIALS.items(), EXPECTED[route], strict=True):
+        before = len(fake.requests)
+        sent = {**headers, "cookie": "session=secret"}
+        response = await client.request(method, path, json=body, headers=sent)
+        assert response.status_code == expected, (credential, response.text)
+        if expected in (401, 403):
+            assert len(fake.requests) == before  # nothing unauthorised reaches Ollama
+            if path.startswith("/v1/"):
+                error = response.json()["error"]
+                if expected == 401:
+                    assert error["type"] == "invalid_request_error"
+                    assert error["code"] == "invalid_api_key"
+            else:
+                assert "error" in response.json()
+    for request in fake.requests:  # credentials stay here
+        assert "authorization" not in request.headers
+        assert "x-api-key" not in request.headers
+        assert "cookie" not in request.headers
+
+
+async def test_401_says_how_to_send_a_key_and_403_names_the_setting() -> None:
+    _, client = keyed(FakeOllama())
+    missing = await client.get("/api/tags")
+    assert missing.headers["www-authenticate"] == "Bearer"
+    assert "Authorization: Bearer KEY" in missing.json()["error"]
+    wrong = await client.get("/api/tags", headers={"x-api-key": "nope"})
+    assert wrong.json() == {"error": "the API key is not valid"}
+    pull = await client.post(
+        "/api/pull", json={"model": "x"}, headers={"authorization": f"Bearer {API}"}
+    )
+    assert "needs an admin key (OSP_ADMIN_KEYS)" in pull.json()["error"]
+
+
+async def test_admin_routes_can_be_closed_without_keys() -> None:
+    fake = FakeOllama()
+    _, client = make(fake, admin_routes="closed")
+    for method, path in (("POST", "/api/pull"), ("DELETE", "/api/delete"), ("POST", "/api/copy")):
+        response = await client.request(method, path, json={"model": "llama3.2"})
+        assert response.status_code == 403
+        assert "OSP_ADMIN_ROUTES" in response.json()["error"]
+    assert (await client.head("/api/blobs/sha256:" + "0" * 64)).status_code == 404  # a read
+    assert (await client.post("/api/chat", json=CHAT)).status_code == 200
+    assert [r.path for r in fake.requests] == ["/api/blobs/sha256:" + "0" * 64, "/api/chat"]
+
+
+async def test_key_names_and_models(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    caplog.set_level(logging.INFO, logger="ollama_smart_proxy.access")
+    digest = hashlib.sha256(b"sk-team").hexdigest()
+    keys_file = tmp_path / "keys.toml"
+    keys_file.write_text(
+        f'[[keys]]\nsha256 = "{digest}"\nname = "team"\nmodels = ["llama3*", "fast"]\n'
+    )
+    fake = FakeOllama()
+    _, client = make(fake, keys_file=keys_file, aliases={"fast": "qwen3"})
+    headers = {"authorization": "Bearer sk-team"}
+    assert (await client.post("/api/chat", json=CHAT, headers=headers)).status_code == 200
+    assert (
+        await client.post("/api/chat", json={**CHAT, "model": "fast"}, headers=headers)
+    ).status_code == 200
+    refused = await client.post(
+        "/v1/chat/completions", json={**CHAT, "model": "qwen3"}, headers=headers
+    )
+    assert refused.status_code == 403
+    assert "the key 'team' may not use the model 'qwen3'" in refused.json()["error"]["message"]
+    assert [r.json["model"] for r in fake.calls("/api/chat")] == ["llama3.2", "qwen3"]
+    lines = [r for r in caplog.records if r.name == "ollama_smart_proxy.access"]
+    assert all(line.key == "team" for line in lines)  # type: ignore[attr-defined]
+    assert "sk-team" not in caplog.text
+    metrics = (await client.get("/metrics", headers=headers)).text
+    assert 'key="team"' in metrics and "sk-team" not in metrics
+
+
+async def test_a_key_can_be_given_as_its_hash_only() -> None:
+    _, client = keyed(FakeOllama())
+    ok = await client.get("/api/tags", headers={"authorization": f"Bearer {HASHED}"})
+    assert ok.status_code == 200
+
+
+def test_bad_key_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="sha256"):
+        Settings(api_keys=[{"sha256": "abc"}])
+    with pytest.raises(ValueError, match="either"):
+        Settings(api_keys=[{"name": "x"}])
+
+
+# -- admission ---------------------------------------------------------------------------------
+
+
+async def post(client: httpx.AsyncClient, body: dict[str, Any]) -> None:
+    await client.post("/api/chat", json=body)
+
+
+async def test_the_bound_holds_and_the_queue_is_fifo() -> None:
+    fake = FakeOllama(token_delay=0.02)
+    _, client = make(fake, max_concurrent=2, max_queue=20)
+    done: list[int] = []
+
+    async def one(index: int) -> None:
+        dialect = "/api/chat" if index % 2 else "/v1/chat/completions"
+        response = await client.post(
+            dialect,
+            json={**CHAT, "stream": True, "messages": [{"role": "user", "content": "a b c"}]},
+        )
+        assert response.status_code == 200
+        done.append(index)
+
+    async with anyio.create_task_group() as group:
+        for index in range(8):
+            group.start_soon(one, index)
+            await anyio.sleep(0.005)
+    assert fake.max_active == 2  # Ollama never saw more than the bound
+    assert len(done) == 8
+
+
+async def test_a_full_queue_answers_503_with_retry_after_at_once() -> None:
+    fake = FakeOllama()
+    fake.script(
+        FakeReply(content="slow", first_delay=0.5), FakeReply(content="slow", first_delay=0.5)
+    )
+    _, client = make(fake, max_concurrent=1, max_queue=1)
+    results: list[httpx.Response] = []
+
+    async def one(path: str) -> None:
+        results.append(await client.post(path, json=CHAT))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(one, "/api/chat")
+        await anyio.sleep(0.05)
+        group.start_soon(one, "/api/chat")  # queued
+        await anyio.sleep(0.05)
+        started = anyio.current_time()
+        refused = await client.post("/v1/chat/completions", json=CHAT)
+        assert anyio.current_time() - started < 0.3  # at once, not after a wait
+    assert refused.status_code == 503
+    assert int(refused.headers["retry-after"]) >= 1
+    assert refused.json()["error"]["type"] == "api_error"
+    assert "OSP_MAX_QUEUE" in refused.json()["error"]["message"]
+    assert sorted(r.status_code for r in results) == [200, 200]
+
+
+async def test_a_wait_past_queue_timeout_is_a_503() -> None:
+    fake = FakeOllama()
+    fake.script(FakeReply(content="slow", first_delay=1.0))
+    _, client = make(fake, max_concurrent=1, queue_timeout=0.2)
+    async with anyio.create_task_group() as group:
+        group.start_soon(post, client, CHAT)
+        await anyio.sleep(0.05)
+        waited = await client.post("/api/chat", json=CHAT)
+    assert waited.status_code == 503
+    assert "no place within 0.2s" in waited.json()["error"]
+    assert "retry-after" in waited.headers
+
+
+async def test_a_client_that_leaves_the_queue_never_reaches_ollama() -> None:
+    fake = FakeOllama()
+    fake.script(FakeReply(content="slow", first_delay=0.6))
+    proxy, client = make(fake, max_concurrent=1)
+    from ollama_smart_proxy.testing import StreamingASGITransport
+
+    leaving = httpx.AsyncClient(transport=StreamingASGITransport(proxy), base_url="http://p")
+    async with anyio.create_task_group() as group:
+        group.start_soon(post, client, CHAT)
+        await anyio.sleep(0.05)
+        with anyio.move_on_after(0.1):
+            await leaving.post("/api/chat", json={**CHAT, "model": "qwen3"})
+        await anyio.sleep(0.05)
+        assert proxy.admission is not None and proxy.admission.queued == 0
+    await anyio.sleep(0.7)
+    assert [r.json["model"] for r in fake.calls("/api/chat")] == ["llama3.2"]
+
+
+async def test_other_routes_are_never_held() -> None:
+    fake = FakeOllama()
+    fake.script(FakeReply(content="slow", first_delay=0.5))
+    _, client = make(fake, max_concurrent=1, max_queue=0)
+    async with anyio.create_task_group() as group:
+        group.start_soon(post, client, CHAT)
+        await anyio.sleep(0.05)
+        with anyio.fail_after(0.4):
+            for method, path, body in (
+                ("GET", "/api/tags", None),
+                ("GET", "/api/version", None),
+                ("GET", "/api/ps", None),
+                ("POST", "/api/show", {"model": "llama3.2"}),
+                ("GET", "/health/live", None),
+                ("GET", "/metrics", None),
+            ):
+                response = await client.request(method, path, json=body)
+                assert response.status_code == 200, path
+        health = (await client.get("/health")).json()["admission"]
+        assert health["in_flight"] == 1 and health["max_concurrent"] == 1
+
+
+# -- CORS, metrics, Server-Timing ---------------------------------------------------------------
+
+
+async def test_cors_preflight_allowed_and_refused() -> None:
+    _, client = keyed(FakeOllama(), cors_origins=["https://chat.example"])
+    preflight = {
+        "origin": "https://chat.example",
+        "access-control-request-method": "POST",
+        "access-control-request-headers": "authorization, content-type",
+    }
+    allowed = await client.options("/v1/chat/completions", headers=preflight)
+    assert allowed.status_code == 200  # no key needed: browsers send none on a preflight
+    assert allowed.headers["access-control-allow-origin"] == "https://chat.example"
+    refused = await client.options(
+        "/v1/chat/completions", headers={**preflight, "origin": "https://evil.example"}
+    )
+    assert "access-control-allow-origin" not in refused.headers
+    real = await client.get(
+        "/api/tags",
+        headers={"origin": "https://chat.example", "authorization": f"Bearer {API}"},
+    )
+    assert real.headers["access-control-allow-origin"] == "https://chat.example"
+    assert "x-request-id" in real.headers["access-control-expose-headers"]
+
+
+async def test_metrics_move_and_server_timing_is_there() -> None:
+    fake = FakeOllama()
+    _, client = make(fake, aliases={"gpt": "llama3.2"})
+    before = (await client.get("/metrics")).text
+    response = await client.post("/v1/chat/completions", json={**CHAT, "model": "gpt"})
+    assert response.headers["server-timing"].startswith("proxy;dur=")
+    assert "upstream;dur=" in response.headers["server-timing"]
+    await client.post("/api/chat", json={**CHAT, "model": "made-up-name"})
+    after = (await client.get("/metrics")).text
+    assert before.count("osp_requests_total{") < after.count("osp_requests_total{")
+    line = (
+        'osp_requests_total{dialect="openai",key="-",model="gpt",route="openai.chat",'
+        'status="200"} 1.0'
+    )
+    assert line in after
+    assert 'model="other"' in after  # a 404 for a made-up name is not a label of its own
+    assert 'osp_tokens_total{direction="out",model="gpt"}' in after
+    assert "osp_time_to_first_token_seconds_bucket" in after
+
+
+# -- junk headers -----------------------------------------------------------------------------
+
+header_values = st.binary(max_size=40).filter(lambda v: b"\r" not in v and b"\n" not in v)
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    name=st.sampled_from(
+        [b"authorization", b"x-api-key", b"content-type", b"content-length", b"x-request-id",
+         b"connection", b"via", b"origin", b"transfer-encoding"]
+    ),
+    value=header_values,
+    path=st.sampled_from(["/api/chat", "/v1/chat/completions", "/api/tags", "/health"]),
+)  # fmt: skip
+async def test_junk_headers_never_give_a_500(name: bytes, value: bytes, path: str) -> None:
+    fake = FakeOllama()
+    proxy = SmartProxy(Settings(api_keys=[API]), transport=upstream(fake))
+    sent: list[dict[str, Any]] = []
+    body = json.dumps(CHAT).encode()
+    given_body = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal given_body
+        if not given_body:
+            given_body = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await anyio.sleep_forever()
+        raise AssertionError
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST" if path != "/health" else "GET",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"authorization", f"Bearer {API}".encode()), (name, value)],
+        "client": ("127.0.0.1", 1),
+    }
+    with anyio.fail_after(5):
+        await proxy(scope, receive, send)
+    assert sent[0]["status"] != 500, b"".join(m.get("body", b"") for m in sent[1:])

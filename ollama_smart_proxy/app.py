@@ -14,6 +14,8 @@ from .access_log import AccessLog
 from .admission import Admission
 from .agents.base import Agent
 from .agents.registry import AgentRegistry
+from .agents.tools import DropUnsupportedTools
+from .anthropic import AnthropicCompat
 from .boundary import ErrorBoundary
 from .entry import NativeEntry
 from .errors import ProxyError
@@ -21,6 +23,7 @@ from .health import Health, StatusSource, send_json
 from .metrics import Metrics, MetricsLayer
 from .models import ModelLoader
 from .openai import OpenAICompat
+from .responses import ResponsesCompat
 from .routing import route_of
 from .security import ApiKeys, RoutePolicy, keys_from_settings
 from .settings import Settings
@@ -38,24 +41,15 @@ EXPOSED_HEADERS = ["x-request-id", "retry-after", "server-timing"]
 class Router:
     """Send each request to the part of the proxy its route's family names."""
 
-    def __init__(self, *, native: ASGIApp, openai: ASGIApp, proxy: ASGIApp) -> None:
-        self.native = native
-        self.openai = openai
-        self.proxy = proxy
+    def __init__(self, **families: ASGIApp) -> None:
+        self.families = families
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = route_of(scope)
-        family = route.family
-        if family == "native":
-            await self.native(scope, receive, send)
-        elif family == "openai":
-            await self.openai(scope, receive, send)
-        elif family == "proxy":
-            await self.proxy(scope, receive, send)
-        elif family in ("responses", "anthropic"):
-            await self.native(scope, receive, send)  # Ollama's own, passed through
-        else:
+        app = self.families.get(route.family)
+        if app is None:
             raise ProxyError(f"no route for {scope['method']} {route.path}", status_code=404)
+        await app(scope, receive, send)
 
 
 class ProxyEndpoints:
@@ -113,6 +107,8 @@ class SmartProxy:
                 )
             limits = upstream_limits(settings.upstream_max_connections)
             transport = create_transport(limits=limits)
+        if settings.drop_unsupported_tools:
+            agents = [*agents, DropUnsupportedTools]
         self.registry = AgentRegistry.discover(
             agents,
             builtins=builtins,
@@ -174,9 +170,10 @@ class SmartProxy:
         draws it)::
 
             CORS > AccessLog > Metrics > ErrorBoundary > ApiKeys > RoutePolicy > Router
-              native:    NativeEntry ─┐
-              openai:    OpenAICompat ┴> CommandParser > agents > ModelLoader
-                                                       > Admission > OllamaUpstream
+              native:    NativeEntry ────┐
+              openai:    OpenAICompat ───┤
+              responses: ResponsesCompat ┼> CommandParser > agents > ModelLoader
+              anthropic: AnthropicCompat ┘                > Admission > OllamaUpstream
               proxy:     health, /plugins, /metrics
         """
         s = self.settings
@@ -202,6 +199,10 @@ class SmartProxy:
             openai=OpenAICompat(
                 completions, unsupported=s.openai_unsupported, aliases=s.aliases, **limits
             ),
+            responses=ResponsesCompat(
+                completions, default_max_output_tokens=s.default_max_output_tokens, **limits
+            ),
+            anthropic=AnthropicCompat(completions, **limits),
             proxy=ProxyEndpoints(health, self.registry, self.metrics),
         )
         app = RoutePolicy(app, admin_routes=s.admin_routes, keys_required=bool(self.keys))
@@ -232,7 +233,10 @@ class SmartProxy:
             await self._lifespan(receive, send)
         elif scope["type"] == "http":
             await self._app(scope, receive, send)
-        # websockets: nothing here speaks them; closing the scope refuses them.
+        elif scope["type"] == "websocket":
+            # Nothing here speaks WebSocket (Codex tries one on /v1/responses first): refuse
+            # it at once, and the client falls back to HTTP.
+            await send({"type": "websocket.close", "code": 1008})
 
     @property
     def agent_names(self) -> list[str]:

@@ -17,9 +17,10 @@ from ._ndjson import DEFAULT_MAX_LINE_BYTES
 from ._pipeline import ResponseWriter
 from .access_log import get_context
 from .encoding import Chunk, Encoder, NativeEncoder, merge_chunks
+from .errors import RequestError
 from .exchange import SCOPE_KEY, Exchange, Kind
 from .routing import ROUTE_KEY, route_of
-from .schemas import parse_request
+from .schemas import parse_json_body, parse_request
 from .types import ASGIApp, Receive, Scope, Send
 
 #: Native endpoints whose bodies are parsed into an exchange (each names a model).
@@ -115,6 +116,20 @@ class NativeEntry:
         )
 
 
+async def read_json_object(
+    scope: Scope, receive: Receive, max_bytes: int, max_json_objects: int | None = None
+) -> dict[str, Any]:
+    """Read and parse a dialect's JSON object body once, or raise a 400 (413) that says what
+    is wrong."""
+    raw = await read_body(scope, receive, max_bytes)
+    if not raw.strip():
+        raise RequestError("the request body is empty; send a JSON object")
+    body = parse_json_body(raw, max_json_objects)
+    if not isinstance(body, dict):
+        raise RequestError("the request body must be a JSON object")
+    return body
+
+
 def native_answer(exchange: Exchange, text: str, *, thinking: str | None = None) -> list[Chunk]:
     """The native chunks of an answer made by the proxy itself (a ``Reply``): one content
     chunk and a final one, as Ollama would stream them."""
@@ -169,6 +184,7 @@ __all__ = [
     "PARSED_KINDS",
     "NativeEntry",
     "native_answer",
+    "read_json_object",
     "run_exchange",
     "send_native",
     "text_chunk",

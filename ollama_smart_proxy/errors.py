@@ -199,8 +199,12 @@ def error_object(dialect: Dialect, exc: ProxyError) -> dict[str, Any]:
 def render_error(dialect: Dialect, exc: ProxyError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """A whole error response: status, headers, body."""
     body = dumps(error_object(dialect, exc))
+    # As Ollama writes them: gin's JSON for native errors, a plain type for its /v1 ones.
+    content_type = (
+        b"application/json; charset=utf-8" if dialect == "ollama" else b"application/json"
+    )
     headers = [
-        (b"content-type", b"application/json; charset=utf-8"),
+        (b"content-type", content_type),
         (b"content-length", str(len(body)).encode()),
         *exc.headers,
     ]

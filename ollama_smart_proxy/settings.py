@@ -210,6 +210,15 @@ class Settings(BaseSettings):
     max_line_bytes: int = Field(
         16 * 1024 * 1024, gt=0, description="Longest NDJSON line accepted from Ollama."
     )
+    default_max_output_tokens: int | None = Field(
+        None,
+        gt=0,
+        description="Cap on generated tokens for Responses requests that name none (Codex).",
+    )
+    drop_unsupported_tools: bool = Field(
+        False,
+        description="Drop the tools of a request for a model that cannot call tools.",
+    )
     openai_unsupported: Literal["error", "ignore"] = Field(
         "error",
         description="OpenAI fields Ollama cannot honour (n > 1, logprobs, ...): 400, or ignore.",

@@ -5,15 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .._http import read_body, send_body, side_request
+from .._http import send_body, side_request
 from .._json import dumps, loads
 from .._ndjson import DEFAULT_MAX_LINE_BYTES
 from .._pipeline import error_message
-from ..entry import DEFAULT_MAX_BODY, run_exchange
+from ..entry import DEFAULT_MAX_BODY, read_json_object, run_exchange
 from ..errors import ProxyError, UpstreamError, UpstreamStatusError
 from ..exchange import Exchange
 from ..routing import route_of
-from ..schemas import parse_json_body, too_many_messages
+from ..schemas import too_many_messages
 from ..types import ASGIApp, Receive, Scope, Send
 from .render import (
     ChatCompletionEncoder,
@@ -24,25 +24,11 @@ from .render import (
     models_list,
 )
 from .translate import (
-    OpenAIRequestError,
     Unsupported,
     chat_request,
     completion_request,
     embedding_request,
 )
-
-
-async def read_json_object(
-    scope: Scope, receive: Receive, max_bytes: int, max_json_objects: int | None = None
-) -> dict[str, Any]:
-    """Read and parse a JSON object body, or raise a 400 (413) that says what is wrong."""
-    raw = await read_body(scope, receive, max_bytes)
-    if not raw.strip():
-        raise OpenAIRequestError("the request body is empty; send a JSON object")
-    body = parse_json_body(raw, max_json_objects)
-    if not isinstance(body, dict):
-        raise OpenAIRequestError("the request body must be a JSON object")
-    return body
 
 
 class OpenAICompat:
@@ -157,4 +143,4 @@ class OpenAICompat:
         await send_body(send, 200, dumps(model_object(model, modified)))
 
 
-__all__ = ["OpenAICompat", "read_json_object"]
+__all__ = ["OpenAICompat"]

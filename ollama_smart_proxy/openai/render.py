@@ -13,7 +13,7 @@ from typing import Any
 from .._json import dumps
 from ..encoding import Chunk, Encoder, merge_chunks
 
-SSE_HEADERS_TYPE = b"text/event-stream; charset=utf-8"
+SSE_HEADERS_TYPE = b"text/event-stream"  # as Ollama's own /v1
 JSON_TYPE = b"application/json"
 
 

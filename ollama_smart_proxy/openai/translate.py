@@ -6,41 +6,26 @@ Every function takes the decoded JSON object and returns a native request model,
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-from pydantic import BaseModel, ValidationError
-
-from .._json import parse_body
-from ..errors import RequestError
-from ..schemas import ChatRequest, EmbedRequest, GenerateRequest, describe_validation_error
+from .._translate import (
+    FieldError,
+    expect,
+    image_data,
+    integer,
+    json_arguments,
+    json_type,
+    number,
+    think_level,
+    validate,
+)
+from ..schemas import ChatRequest, EmbedRequest, GenerateRequest
 
 Unsupported = Literal["error", "ignore"]
-_Request = TypeVar("_Request", bound=BaseModel)
 
-_DATA_URL = re.compile(r"^data:(image/(?:jpeg|jpg|png|webp))?;base64,(.*)$", re.DOTALL | re.I)
-
-#: reasoning_effort / reasoning.effort -> native ``think``.
-THINK_LEVELS: dict[str, bool | str] = {
-    "none": False,
-    "minimal": "low",
-    "low": "low",
-    "medium": "medium",
-    "high": "high",
-    "max": "max",
-    "xhigh": "max",
-    "ultra": "max",
-}
-
-
-class OpenAIRequestError(RequestError):
-    """A 400 in the OpenAI shape, with the ``param`` it is about."""
-
-    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message, param=param, code=code)
+#: A 400 in the OpenAI shape, with the ``param`` it is about.
+OpenAIRequestError = FieldError
 
 
 @dataclass
@@ -50,44 +35,6 @@ class ChatOptions:
     model: str
     stream: bool
     include_usage: bool
-
-
-def _expect(value: Any, kind: type | tuple[type, ...], param: str, what: str) -> Any:
-    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-        if isinstance(kind, tuple) and bool in kind and isinstance(value, bool):
-            return value
-        raise OpenAIRequestError(f"'{param}' must be {what}, got {_json_type(value)}", param)
-    return value
-
-
-def _json_type(value: Any) -> str:
-    return {
-        type(None): "null",
-        bool: "boolean",
-        int: "integer",
-        float: "number",
-        str: "string",
-        list: "array",
-        dict: "object",
-    }.get(type(value), type(value).__name__)
-
-
-def _number(body: dict[str, Any], name: str) -> float | int | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise OpenAIRequestError(f"'{name}' must be a number, got {_json_type(value)}", name)
-    return value
-
-
-def _integer(body: dict[str, Any], name: str) -> int | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise OpenAIRequestError(f"'{name}' must be an integer, got {_json_type(value)}", name)
-    return value
 
 
 def _stop(body: dict[str, Any]) -> list[str] | None:
@@ -135,15 +82,15 @@ def _options(body: dict[str, Any], fields: dict[str, str]) -> dict[str, Any]:
         raise OpenAIRequestError("'options' must be an object of Ollama options", "options")
     options = dict(options)
     for openai_name, native_name in fields.items():
-        value = _number(body, openai_name)
+        value = number(body, openai_name)
         if value is not None:
             options[native_name] = value
     for name in ("max_completion_tokens", "max_tokens"):
-        value = _integer(body, name)
+        value = integer(body, name)
         if value is not None:
             options["num_predict"] = value
             break
-    seed = _integer(body, "seed")
+    seed = integer(body, "seed")
     if seed is not None:
         options["seed"] = seed
     stop = _stop(body)
@@ -167,13 +114,7 @@ def _think(body: dict[str, Any]) -> bool | str | None:
         effort = body["reasoning_effort"]
     if effort is None:
         return None
-    if not isinstance(effort, str) or effort.lower() not in THINK_LEVELS:
-        raise OpenAIRequestError(
-            f'invalid reasoning value: "{effort}" (must be "minimal", "low", "medium", '
-            '"high", "xhigh", "ultra", "max", or "none")',
-            param,
-        )
-    return THINK_LEVELS[effort.lower()]
+    return think_level(effort, param)
 
 
 def _format(body: dict[str, Any]) -> str | dict[str, Any] | None:
@@ -202,32 +143,6 @@ def _format(body: dict[str, Any]) -> str | dict[str, Any] | None:
     )
 
 
-def _image(url: Any, param: str) -> str:
-    if isinstance(url, dict):
-        url = url.get("url")
-    if not isinstance(url, str):
-        raise OpenAIRequestError("invalid message format: image_url needs a url string", param)
-    if url.startswith(("http://", "https://")):
-        raise OpenAIRequestError(
-            "image URLs are not supported: send the image inline as a base64 data URL "
-            "(data:image/png;base64,...); the proxy does not fetch remote images",
-            param,
-        )
-    match = _DATA_URL.match(url)
-    if match is None:
-        raise OpenAIRequestError(
-            "invalid image input: use a data:image/{jpeg,png,webp};base64,... URL", param
-        )
-    data = match.group(2).strip()
-    try:
-        base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise OpenAIRequestError(
-            "invalid image input: the base64 data is malformed", param
-        ) from None
-    return data
-
-
 def _tool_calls(calls: Any, param: str) -> list[dict[str, Any]]:
     if not isinstance(calls, list):
         raise OpenAIRequestError(f"'{param}' must be an array", param)
@@ -237,17 +152,7 @@ def _tool_calls(calls: Any, param: str) -> list[dict[str, Any]]:
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
             raise OpenAIRequestError(f"'{where}.function.name' is required", f"{where}.function")
-        arguments = function.get("arguments") or "{}"
-        if isinstance(arguments, str):
-            try:
-                arguments = parse_body(arguments.encode())
-            except ValueError:
-                arguments = None
-        if not isinstance(arguments, dict):
-            raise OpenAIRequestError(
-                "invalid tool call arguments: must be a JSON object encoded as a string",
-                f"{where}.function.arguments",
-            )
+        arguments = json_arguments(function.get("arguments"), f"{where}.function.arguments")
         item: dict[str, Any] = {
             "function": {"index": index, "name": function["name"], "arguments": arguments}
         }
@@ -288,7 +193,7 @@ def _messages(messages: Any) -> list[dict[str, Any]]:
                 if kind in ("text", "input_text") and isinstance(part.get("text"), str):
                     texts.append(part["text"])
                 elif kind == "image_url":
-                    images.append(_image(part.get("image_url"), f"{at}.image_url"))
+                    images.append(image_data(part.get("image_url"), f"{at}.image_url"))
                 else:
                     raise OpenAIRequestError(
                         f"invalid message format: unsupported content part {kind!r}", at
@@ -305,7 +210,7 @@ def _messages(messages: Any) -> list[dict[str, Any]]:
             out["content"] = ""
         else:
             raise OpenAIRequestError(
-                f"invalid message content type: {_json_type(content)}", f"{where}.content"
+                f"invalid message content type: {json_type(content)}", f"{where}.content"
             )
         reasoning = message.get("reasoning") or message.get("reasoning_content")
         if isinstance(reasoning, str) and reasoning:
@@ -366,13 +271,6 @@ def _tool_name(tool: Any) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def _validate(model: type[_Request], native: dict[str, Any]) -> _Request:
-    try:
-        return model.model_validate(native)
-    except ValidationError as exc:
-        raise OpenAIRequestError(describe_validation_error(exc)) from None
-
-
 def _common(body: dict[str, Any]) -> dict[str, Any]:
     model = body.get("model")
     if model is not None and not isinstance(model, str):
@@ -392,7 +290,7 @@ def _stream(body: dict[str, Any]) -> tuple[bool, bool]:
     stream = body.get("stream", False)
     if stream is None:
         stream = False
-    _expect(stream, bool, "stream", "a boolean")
+    expect(stream, bool, "stream", "a boolean")
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise OpenAIRequestError("'stream_options' must be an object", "stream_options")
@@ -434,7 +332,7 @@ def chat_request(
     tools = _tools(body)
     if tools:
         native["tools"] = tools
-    return _validate(ChatRequest, native), options
+    return validate(ChatRequest, native), options
 
 
 _COMPLETION_UNSUPPORTED = {
@@ -459,9 +357,9 @@ def completion_request(
         raise OpenAIRequestError("'prompt' must be a string (one prompt per request)", "prompt")
     native["prompt"] = prompt
     if body.get("suffix") is not None:
-        native["suffix"] = _expect(body["suffix"], str, "suffix", "a string")
+        native["suffix"] = expect(body["suffix"], str, "suffix", "a string")
     options = _sampling(body, native)
-    return _validate(GenerateRequest, native), options
+    return validate(GenerateRequest, native), options
 
 
 def embedding_request(body: dict[str, Any]) -> tuple[EmbedRequest, str, str]:
@@ -489,10 +387,10 @@ def embedding_request(body: dict[str, Any]) -> tuple[EmbedRequest, str, str]:
             f"Invalid value for 'encoding_format' = {fmt}. Supported values: ['float', 'base64'].",
             "encoding_format",
         )
-    dimensions = _integer(body, "dimensions")
+    dimensions = integer(body, "dimensions")
     if dimensions is not None:
         native["dimensions"] = dimensions
     options = body.get("options")
     if isinstance(options, dict):
         native["options"] = options
-    return _validate(EmbedRequest, native), str(body.get("model") or ""), fmt.lower()
+    return validate(EmbedRequest, native), str(body.get("model") or ""), fmt.lower()

@@ -1,0 +1,164 @@
+"""What every dialect's translation shares: typed field access that fails with a 400 naming
+the field, and the values several APIs spell alike (reasoning effort, data-URL images,
+arguments as JSON)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from ._json import parse_body
+from .errors import RequestError
+from .schemas import describe_validation_error
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+_DATA_URL = re.compile(r"^data:(image/(?:jpeg|jpg|png|webp))?;base64,(.*)$", re.DOTALL | re.I)
+
+#: reasoning effort (OpenAI's, Anthropic's) -> native ``think``.
+THINK_LEVELS: dict[str, bool | str] = {
+    "none": False,
+    "minimal": "low",
+    "low": "low",
+    "medium": "medium",
+    "high": "high",
+    "max": "max",
+    "xhigh": "max",
+    "ultra": "max",
+}
+
+
+class FieldError(RequestError):
+    """A 400 about one request field, named in ``param``."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message, param=param, code=code)
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a value's type, for messages."""
+    return {
+        type(None): "null",
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+        str: "string",
+        list: "array",
+        dict: "object",
+    }.get(type(value), type(value).__name__)
+
+
+def expect(value: Any, kind: type | tuple[type, ...], param: str, what: str) -> Any:
+    """``value`` if it is of ``kind`` (a bool is not a number), else a 400 naming ``param``."""
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        if isinstance(kind, tuple) and bool in kind and isinstance(value, bool):
+            return value
+        raise FieldError(f"'{param}' must be {what}, got {json_type(value)}", param)
+    return value
+
+
+def number(body: dict[str, Any], name: str, param: str | None = None) -> float | int | None:
+    """A number field (``None`` when absent or null)."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        param = param or name
+        raise FieldError(f"'{param}' must be a number, got {json_type(value)}", param)
+    return value
+
+
+def integer(body: dict[str, Any], name: str, param: str | None = None) -> int | None:
+    """An integer field (``None`` when absent or null)."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        param = param or name
+        raise FieldError(f"'{param}' must be an integer, got {json_type(value)}", param)
+    return value
+
+
+def think_level(effort: Any, param: str) -> bool | str:
+    """A reasoning effort as native ``think``."""
+    if not isinstance(effort, str) or effort.lower() not in THINK_LEVELS:
+        raise FieldError(
+            f'invalid reasoning value: "{effort}" (must be "minimal", "low", "medium", '
+            '"high", "xhigh", "ultra", "max", or "none")',
+            param,
+        )
+    return THINK_LEVELS[effort.lower()]
+
+
+def image_data(url: Any, param: str) -> str:
+    """The base64 data of an image given as a data URL (``{"url": ...}`` too)."""
+    if isinstance(url, dict):
+        url = url.get("url")
+    if not isinstance(url, str):
+        raise FieldError("invalid message format: an image needs a url string", param)
+    if url.startswith(("http://", "https://")):
+        raise FieldError(
+            "image URLs are not supported: send the image inline as a base64 data URL "
+            "(data:image/png;base64,...); the proxy does not fetch remote images",
+            param,
+        )
+    match = _DATA_URL.match(url)
+    if match is None:
+        raise FieldError(
+            "invalid image input: use a data:image/{jpeg,png,webp};base64,... URL", param
+        )
+    return base64_data(match.group(2).strip(), param)
+
+
+def base64_data(data: Any, param: str) -> str:
+    """``data`` if it is valid base64, else a 400."""
+    if not isinstance(data, str):
+        raise FieldError(f"'{param}' must be base64 data (a string)", param)
+    try:
+        base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise FieldError("invalid image input: the base64 data is malformed", param) from None
+    return data
+
+
+def json_arguments(arguments: Any, param: str) -> dict[str, Any]:
+    """Tool-call arguments (a JSON object, or one encoded as a string) as an object."""
+    if arguments is None or arguments == "":
+        return {}
+    if isinstance(arguments, str):
+        try:
+            arguments = parse_body(arguments.encode())
+        except ValueError:
+            arguments = None
+    if not isinstance(arguments, dict):
+        raise FieldError(
+            "invalid tool call arguments: must be a JSON object encoded as a string", param
+        )
+    return arguments
+
+
+def validate(model: type[_Model], native: dict[str, Any]) -> _Model:
+    """The native request a translation built, validated (a 400 naming the field)."""
+    try:
+        return model.model_validate(native)
+    except ValidationError as exc:
+        raise FieldError(describe_validation_error(exc)) from None
+
+
+__all__ = [
+    "THINK_LEVELS",
+    "FieldError",
+    "base64_data",
+    "expect",
+    "image_data",
+    "integer",
+    "json_arguments",
+    "json_type",
+    "number",
+    "think_level",
+    "validate",
+]

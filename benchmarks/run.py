@@ -35,6 +35,10 @@ NATIVE_STREAM = '{"model":"bench","messages":[{"role":"user","content":"hi"}]}'
 NATIVE_ONCE = '{"model":"bench","messages":[{"role":"user","content":"hi"}],"stream":false}'
 NATIVE_AGENT = '{"model":"bench","messages":[{"role":"user","content":"/redact hi"}]}'
 OPENAI_STREAM = '{"model":"bench","messages":[{"role":"user","content":"hi"}],"stream":true}'
+RESPONSES_STREAM = '{"model":"bench","input":"hi","stream":true}'
+ANTHROPIC_STREAM = (
+    '{"model":"bench","max_tokens":64,"messages":[{"role":"user","content":"hi"}],"stream":true}'
+)
 
 
 @dataclass
@@ -92,6 +96,26 @@ def scenarios(quick: bool) -> list[Scenario]:
             unit="chunk",
         ),
         Scenario(
+            f"D{many}-responses",
+            f"paced, c={many}, via /v1/responses (typed SSE events)",
+            many,
+            RESPONSES_STREAM,
+            delay_ms=20,
+            proxy_path="/v1/responses",
+            duration=d + 2,
+            unit="chunk",
+        ),
+        Scenario(
+            f"D{many}-anthropic",
+            f"paced, c={many}, via /v1/messages (Anthropic SSE events)",
+            many,
+            ANTHROPIC_STREAM,
+            delay_ms=20,
+            proxy_path="/v1/messages",
+            duration=d + 2,
+            unit="chunk",
+        ),
+        Scenario(
             f"D{many}-agent",
             f"paced, c={many}, /redact response agent active",
             many,
@@ -102,7 +126,11 @@ def scenarios(quick: bool) -> list[Scenario]:
         ),
     ]
     if quick:
-        out = [s for s in out if s.key in ("A1", "B50", "C100", "D100-openai")]
+        out = [
+            s
+            for s in out
+            if s.key in ("A1", "B50", "C100", "D100-openai", "D100-responses", "D100-anthropic")
+        ]
     return out
 
 
@@ -247,6 +275,7 @@ def measure(
         "proxy_cpu_per_request_ms": round(cpu / max(1, proxied["requests"]) * 1000, 4),
         "proxy_cpu_per_chunk_us": round(cpu / chunks * 1e6, 2),
         "proxy_rss_peak_mib": round(peak[0], 1),
+        "unit_chunk": scenario.unit == "chunk" and scenario.delay_ms > 0,
     }
     return result
 
@@ -306,6 +335,27 @@ def table(results: dict[str, Any]) -> str:
             f"| {r['proxy_cpu_per_request_ms']:.3f} ms | {r['proxy_cpu_per_chunk_us']:.1f} µs "
             f"| {r['proxy']['errors']} |"
         )
+    native = next(
+        (r for r in results["scenarios"] if r["key"].startswith("C") and r["unit_chunk"]), None
+    )
+    translated = [
+        r for r in results["scenarios"] if r["key"].startswith("D") and "agent" not in r["key"]
+    ]
+    if native is not None and translated:
+        lines.append("")
+        lines.append(
+            f"Translated streams against the native one ({native['key']}) through the proxy, "
+            "same run:"
+        )
+        lines.append("")
+        lines.append("| dialect | CPU/chunk vs native | throughput vs native |")
+        lines.append("|---|---|---|")
+        for r in translated:
+            cpu = r["proxy_cpu_per_chunk_us"] / native["proxy_cpu_per_chunk_us"]
+            rate = (
+                r["proxy_req_per_s"] / native["proxy_req_per_s"] if native["proxy_req_per_s"] else 0
+            )
+            lines.append(f"| {r['key']} | {cpu:.2f}x | {rate:.2f}x |")
     memory = results["memory"]
     lines.append("")
     lines.append(
@@ -328,17 +378,11 @@ def main() -> int:
         "--impl", choices=["auto", "go", "python"], default="auto",
         help="fake upstream and load generator: Go (fast; needs a Go toolchain) or Python",
     )  # fmt: skip
-    parser.add_argument(
-        "--transport", choices=["http11", "aiohttp", "httpx"], default=None,
-        help="the proxy's upstream transport (OSP_UPSTREAM_TRANSPORT); default: the proxy's",
-    )  # fmt: skip
     args = parser.parse_args()
 
     upstream, proxy = free_port(), free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env = {k: v for k, v in env.items() if not k.startswith("OSP_")}
-    if args.transport:
-        env["OSP_UPSTREAM_TRANSPORT"] = args.transport
     IMPL["name"] = choose_impl(args.impl)
     processes = [
         subprocess.Popen(upstream_command(upstream), cwd=ROOT, env=env, stdout=subprocess.DEVNULL),

@@ -33,6 +33,11 @@ class LineSplitter:
         self._parts: list[bytes] = []
         self._size = 0
 
+    @property
+    def pending(self) -> bool:
+        """Whether part of a line is held back."""
+        return bool(self._parts)
+
     def feed(self, chunk: bytes) -> list[bytes]:
         """Add ``chunk`` and return the lines it completed."""
         if b"\n" not in chunk:

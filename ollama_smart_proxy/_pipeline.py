@@ -60,10 +60,10 @@ class ResponseWriter:
     async def __call__(self, message: Message) -> None:
         if self._passthrough:
             await self._send(message)
-        elif message["type"] == "http.response.start":
-            await self._start(message)
         elif message["type"] == "http.response.body":
             await self._body(message.get("body", b""), message.get("more_body", False))
+        elif message["type"] == "http.response.start":
+            await self._start(message)
         else:
             await self._send(message)
 
@@ -115,6 +115,18 @@ class ResponseWriter:
         splitter = self._splitter
         if splitter is None:
             raise UpstreamError("Ollama sent a body before its status")
+        if (
+            more
+            and self._started
+            and not self._transforms
+            and not splitter.pending
+            and data.find(b"\n") == len(data) - 1 > 0
+        ):
+            # The common case, kept short: one whole line, nothing to transform.
+            encoded = self._encoder.encode(self._decode_line(data[:-1]))
+            if encoded:
+                await self._send({"type": "http.response.body", "body": encoded, "more_body": True})
+            return
         lines = splitter.feed(data) if data else []
         if not more:
             lines += splitter.flush()
@@ -126,22 +138,21 @@ class ResponseWriter:
                 await self._start_response(len(tail))
             await self._send({"type": "http.response.body", "body": tail, "more_body": False})
 
+    @classmethod
+    def _decode(cls, lines: list[bytes]) -> list[Chunk]:
+        return [cls._decode_line(line) for line in lines]
+
     @staticmethod
-    def _decode(lines: list[bytes]) -> list[Chunk]:
-        chunks: list[Chunk] = []
-        for line in lines:
-            try:
-                chunk = loads(line)
-            except ValueError:
-                raise UpstreamError(
-                    f"Ollama sent a line that is not JSON: {line[:200]!r}"
-                ) from None
-            if not isinstance(chunk, dict):
-                raise UpstreamError(f"Ollama sent a JSON {type(chunk).__name__}, not an object")
-            if "error" in chunk and len(chunk) <= 2 and not chunk.get("done"):
-                raise UpstreamStatusError(str(chunk["error"]), status_code=500)
-            chunks.append(chunk)
-        return chunks
+    def _decode_line(line: bytes) -> Chunk:
+        try:
+            chunk = loads(line)
+        except ValueError:
+            raise UpstreamError(f"Ollama sent a line that is not JSON: {line[:200]!r}") from None
+        if not isinstance(chunk, dict):
+            raise UpstreamError(f"Ollama sent a JSON {type(chunk).__name__}, not an object")
+        if "error" in chunk and len(chunk) <= 2 and not chunk.get("done"):
+            raise UpstreamStatusError(str(chunk["error"]), status_code=500)
+        return chunk
 
     async def _emit(self, chunks: list[Chunk]) -> None:
         if self._transforms:

@@ -160,6 +160,18 @@ class OllamaUpstream:
         headers.append((b"host", self._host))
         headers.append((b"accept-encoding", b"identity"))
         headers += self._extra
+        if isinstance(content, bytes):
+            # A ByteStream and our own Content-Length: httpx's content= path costs ~15 µs
+            # more a request (it re-encodes and re-checks what we already know).
+            headers.append((b"content-length", str(len(content)).encode()))
+            stream: httpx.AsyncByteStream | httpx.ByteStream = httpx.ByteStream(content)
+            return httpx.Request(
+                method,
+                self._url(target),
+                headers=headers,
+                stream=stream,
+                extensions={"timeout": self._timeouts},
+            )
         return httpx.Request(
             method,
             self._url(target),

@@ -92,6 +92,10 @@ class _OpenAIEncoder(Encoder):
         return str(chunk.get("model") or self.model)
 
 
+#: The end of a frame whose choice is not finished.
+_OPEN_END = b'},"finish_reason":null}]}\n\n'
+
+
 class ChatCompletionEncoder(_OpenAIEncoder):
     """``chat.completion`` objects, or ``chat.completion.chunk`` SSE frames when streaming."""
 
@@ -102,6 +106,8 @@ class ChatCompletionEncoder(_OpenAIEncoder):
         self._sent_any = False
         self._saw_tool_calls = False
         self._done = False
+        #: The bytes of a frame before its delta, made once the model and time are known.
+        self._head = b""
 
     def _frame(
         self, delta: dict[str, Any], reason: str | None = None, logprobs: Any = None
@@ -122,10 +128,22 @@ class ChatCompletionEncoder(_OpenAIEncoder):
         if not self.streaming:
             self._chunks.append(chunk)
             return b""
+        message = chunk.get("message") or {}
+        if self._head and not chunk.get("done") and "logprobs" not in chunk:
+            # The common case, from a template: a chunk of text or of thinking alone.
+            if len(message) <= 2 and message.get("content"):
+                return self._head + b'{"content":' + dumps(message["content"]) + _OPEN_END
+            if len(message) <= 3 and message.get("thinking") and not message.get("content"):
+                return self._head + b'{"reasoning":' + dumps(message["thinking"]) + _OPEN_END
         if self._created is None:
             self._created = unix_time(chunk.get("created_at"))
             self.model = self._model(chunk)
-        message = chunk.get("message") or {}
+            self._head = (
+                b'data: {"id":"' + self.id.encode()
+                + b'","object":"chat.completion.chunk","created":' + str(self._created).encode()
+                + b',"model":' + dumps(self.model)
+                + b',"system_fingerprint":"fp_ollama","choices":[{"index":0,"delta":'
+            )  # fmt: skip
         content = message.get("content") or ""
         thinking = message.get("thinking") or ""
         calls = message.get("tool_calls") or []

@@ -461,7 +461,9 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
         try:
             content: bytes | None = request.content
         except httpx.RequestNotRead:
-            content = None
+            # A body given whole as a ByteStream is sent whole; any other is streamed.
+            stream = request.stream
+            content = b"".join(stream) if isinstance(stream, httpx.ByteStream) else None
         head = _head(request, content)
         for attempt in (0, 1):
             connection = await pool.acquire(timeout.get("connect"), timeout.get("pool"))

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
-import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -75,12 +76,21 @@ def escape(text: str) -> str:
     return _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
+#: Told of each request when its answer has ended: (scope, record, time to first body byte).
+Observer = Callable[[Scope, RequestContext, float], None]
+
+
 class AccessLog:
     """Give every request an id (``X-Request-ID`` in, or a new one), return it in the
-    response headers, and log one line when the response ends."""
+    response headers with ``Server-Timing``, and log one line when the response ends.
 
-    def __init__(self, app: ASGIApp) -> None:
+    ``AccessLog(app, observers=())``: each observer (the metrics) is told of every request
+    when its answer has ended, from the same record the log line is made of.
+    """
+
+    def __init__(self, app: ASGIApp, *, observers: Sequence[Observer] = ()) -> None:
         self.app = app
+        self.observers = list(observers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -92,7 +102,7 @@ class AccessLog:
                 incoming = value
                 break
         request_id = (
-            incoming.decode() if incoming and _VALID_ID.match(incoming) else uuid.uuid4().hex
+            incoming.decode() if incoming and _VALID_ID.match(incoming) else os.urandom(16).hex()
         )
         client = scope.get("client")
         context = RequestContext(request_id, f"{client[0]}:{client[1]}" if client else "-")
@@ -100,10 +110,15 @@ class AccessLog:
         scope[CONTEXT_KEY] = context
         route_of(scope)  # decided once, here, for every layer below
         id_header = (b"x-request-id", request_id.encode())
+        first = 0.0
 
         async def logging_send(message: Message) -> None:
+            nonlocal first
             if message["type"] == "http.response.body":
-                context.bytes += len(message.get("body", b""))
+                body = message.get("body", b"")
+                if body and not first:
+                    first = time.perf_counter()
+                context.bytes += len(body)
             elif message["type"] == "http.response.start":
                 context.status = message["status"]
                 timing = (b"server-timing", context.server_timing(time.perf_counter()).encode())
@@ -114,12 +129,10 @@ class AccessLog:
         try:
             await self.app(scope, receive, logging_send)
         finally:
+            for observer in self.observers:
+                observer(scope, context, first)
             if access_logger.isEnabledFor(logging.INFO):
                 log_request(scope, context)
-
-
-#: The old name, kept for code that imported it.
-AccessLogMiddleware = AccessLog
 
 
 def log_request(scope: Scope, context: RequestContext) -> None:
@@ -222,6 +235,7 @@ def configure_logging(log_format: str = "text", log_level: str = "info") -> None
 __all__ = [
     "AccessLog",
     "JSONFormatter",
+    "Observer",
     "RequestContext",
     "TextFormatter",
     "configure_logging",

@@ -20,7 +20,7 @@ from .boundary import ErrorBoundary
 from .entry import NativeEntry
 from .errors import ProxyError
 from .health import Health, StatusSource, send_json
-from .metrics import Metrics, MetricsLayer
+from .metrics import Metrics
 from .models import ModelLoader
 from .openai import OpenAICompat
 from .responses import ResponsesCompat
@@ -169,7 +169,7 @@ class SmartProxy:
         """The stack, outermost first, in the order a request flows (docs/architecture.md
         draws it)::
 
-            CORS > AccessLog > Metrics > ErrorBoundary > ApiKeys > RoutePolicy > Router
+            CORS > AccessLog (+ metrics) > ErrorBoundary > ApiKeys > RoutePolicy > Router
               native:    NativeEntry ────┐
               openai:    OpenAICompat ───┤
               responses: ResponsesCompat ┼> CommandParser > agents > ModelLoader
@@ -205,13 +205,12 @@ class SmartProxy:
             anthropic=AnthropicCompat(completions, **limits),
             proxy=ProxyEndpoints(health, self.registry, self.metrics),
         )
-        app = RoutePolicy(app, admin_routes=s.admin_routes, keys_required=bool(self.keys))
+        if self.keys or s.admin_routes == "closed":
+            app = RoutePolicy(app, admin_routes=s.admin_routes, keys_required=bool(self.keys))
         if self.keys:
             app = ApiKeys(app, keys=self.keys)
         app = ErrorBoundary(app, drain=self.drain_state)
-        if self.metrics is not None:
-            app = MetricsLayer(app, self.metrics)
-        app = AccessLog(app)
+        app = AccessLog(app, observers=[self.metrics.record] if self.metrics is not None else [])
         if s.cors_origins:
             app = CORSMiddleware(
                 app,

@@ -1,10 +1,10 @@
 """Prometheus metrics (``GET /metrics``), through ``prometheus-client`` (the ``server`` extra).
 
-:class:`Metrics` holds one proxy's metrics; :class:`MetricsLayer` records every request when
-it ends, from its log record (route, dialect, model, status, key name, duration, time to
-first byte, tokens). Label values are bounded: routes and dialects are a fixed set, statuses
-are HTTP codes, key names come from the configured keys, and a model is a label only once a
-request for it succeeded (at most ``max_model_labels`` of them; the rest count as
+:class:`Metrics` holds one proxy's metrics and records every request when it ends (as an
+observer of the access log), from its log record: route, dialect, model, status, key name,
+duration, time to first byte, tokens. Label values are bounded: routes and dialects are a
+fixed set, statuses are HTTP codes, key names come from the configured keys, and a model is a
+label only once a request for it succeeded (at most ``max_model_labels`` of them; the rest count as
 ``other``), so made-up model names cannot grow the series without end.
 
 Under ``--workers``, prometheus-client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``,
@@ -19,9 +19,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from ._http import send_body
-from .access_log import get_context
+from .access_log import RequestContext
 from .routing import route_of
-from .types import ASGIApp, Message, Receive, Scope, Send
+from .types import Receive, Scope, Send
 
 try:
     import prometheus_client
@@ -171,56 +171,27 @@ class Metrics:
         body, content_type = self.render()
         await send_body(send, 200, body, content_type.encode())
 
-
-class MetricsLayer:
-    """``MetricsLayer(app, metrics)``: record each request when its answer ends."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        first = 0.0
-
-        async def timing_send(message: Message) -> None:
-            nonlocal first
-            if not first and message["type"] == "http.response.body" and message.get("body"):
-                first = time.perf_counter()
-            await send(message)
-
-        try:
-            await self.app(scope, receive, timing_send)
-        finally:
-            self._record(scope, started, first)
-
-    def _record(self, scope: Scope, started: float, first: float) -> None:
-        context = get_context(scope)
-        if context is None:
-            return
+    def record(self, scope: Scope, context: RequestContext, first_byte: float) -> None:
+        """Record one request when its answer has ended (an ``AccessLog`` observer)."""
         route = route_of(scope)
-        metrics = self.metrics
         exchange = context.exchange
         model = exchange.asked_model or exchange.model if exchange is not None else None
         status = context.status
-        label = metrics.models.label(model, status)
-        child = metrics.child
-        child(
-            metrics.requests, route.kind, route.dialect, label, str(status), context.key or "-"
-        ).inc()
-        child(metrics.duration, route.kind, route.dialect).observe(time.perf_counter() - started)
-        if first:
-            child(metrics.first_byte, route.kind, route.dialect).observe(first - started)
+        label = self.models.label(model, status)
+        child = self.child
+        key = context.key or "-"
+        child(self.requests, route.kind, route.dialect, label, str(status), key).inc()
+        now = time.perf_counter()
+        child(self.duration, route.kind, route.dialect).observe(now - context.started)
+        if first_byte:
+            child(self.first_byte, route.kind, route.dialect).observe(first_byte - context.started)
         if context.tokens_in or context.tokens_out:
-            child(metrics.tokens, "in", label).inc(context.tokens_in)
-            child(metrics.tokens, "out", label).inc(context.tokens_out)
+            child(self.tokens, "in", label).inc(context.tokens_in)
+            child(self.tokens, "out", label).inc(context.tokens_out)
         for agent in context.agents:
-            child(metrics.agents, agent).inc()
+            child(self.agents, agent).inc()
         if context.upstream_failed:
-            child(metrics.upstream_errors, route.kind).inc()
+            child(self.upstream_errors, route.kind).inc()
 
 
-__all__ = ["Metrics", "MetricsLayer", "ModelLabels", "available", "multiprocess"]
+__all__ = ["Metrics", "ModelLabels", "available", "multiprocess"]

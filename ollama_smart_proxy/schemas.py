@@ -188,10 +188,16 @@ def parse_request(
 
     ``max_messages`` is checked on the parsed JSON, before the (much dearer) validation.
     """
+    model = REQUEST_TYPES[kind]
+    if body[:1] == b"{" and _within_limits(body, max_messages, max_json_objects):
+        # A body too small to break a limit: pydantic parses and validates in one pass.
+        try:
+            return model.model_validate_json(body)
+        except ValidationError as exc:
+            raise RequestError(describe_validation_error(exc)) from None
     if not body.strip():
         raise RequestError("missing request body")
     value = parse_json_body(body, max_json_objects)
-    model = REQUEST_TYPES[kind]
     if value is None:  # Ollama reads `null` as an empty object
         return model()
     if not isinstance(value, dict):
@@ -203,6 +209,17 @@ def parse_request(
         return model.model_validate(value)
     except ValidationError as exc:
         raise RequestError(describe_validation_error(exc)) from None
+
+
+#: The fewest bytes a message takes in a JSON array: ``{"role":""},``.
+_MIN_MESSAGE_BYTES = 12
+
+
+def _within_limits(body: bytes, max_messages: int | None, max_json_objects: int | None) -> bool:
+    """Whether ``body`` is too short to hold more messages or objects than the limits."""
+    if max_messages is not None and len(body) >= _MIN_MESSAGE_BYTES * max_messages:
+        return False
+    return max_json_objects is None or len(body) <= 2 * max_json_objects
 
 
 def _json_type(value: object) -> str:

@@ -60,12 +60,15 @@ async def test_translated_stream_decodes_each_line_once(
 async def test_request_body_is_parsed_once(
     client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    counter = Counter(schemas.ChatRequest.model_validate)
-    monkeypatch.setattr(schemas.ChatRequest, "model_validate", counter)
+    counter = Counter(schemas.ChatRequest.model_validate_json)
+    monkeypatch.setattr(schemas.ChatRequest, "model_validate_json", counter)
+    slow = Counter(schemas.ChatRequest.model_validate)
+    monkeypatch.setattr(schemas.ChatRequest, "model_validate", slow)
     dumps = Counter(schemas.dump_request)
     monkeypatch.setattr("ollama_smart_proxy.exchange.dump_request", dumps)
     await client.post("/api/chat", json={**CHAT, "stream": False})
-    assert counter.calls == 1
+    assert counter.calls == 1  # a small body: parsed and validated in one pass
+    assert slow.calls == 0
     assert dumps.calls == 0  # unchanged: the client's own bytes go upstream
     await client.post(
         "/api/chat", json={**CHAT, "messages": [{"role": "user", "content": "/set think hi"}]}

@@ -40,6 +40,15 @@ def section(results: dict[str, Any]) -> str:
         ("D500 through `/v1`: ≥ 0.90× direct",
          f"{d['ratio_req_per_s']:.2f}× ({d['proxy_cpu_per_chunk_us']:.1f} µs a chunk)",
          d["ratio_req_per_s"] >= 0.90),
+        *(
+            (f"{r['key']} against C500: ≤ 1.1× CPU a chunk, ≥ 0.95× throughput",
+             f"{r['proxy_cpu_per_chunk_us'] / c5['proxy_cpu_per_chunk_us']:.2f}×, "
+             f"{r['proxy_req_per_s'] / c5['proxy_req_per_s']:.2f}×",
+             r["proxy_cpu_per_chunk_us"] <= 1.1 * c5["proxy_cpu_per_chunk_us"]
+             and r["proxy_req_per_s"] >= 0.95 * c5["proxy_req_per_s"])
+            for key in ("D500-openai", "D500-responses", "D500-anthropic")
+            if (r := rows.get(key))
+        ),
         ("A: ≤ 0.5 ms CPU per non-streaming request",
          f"{a1['proxy_cpu_per_request_ms']:.3f} ms (c=1), {a50['proxy_cpu_per_request_ms']:.3f} ms (c=50)",
          cpu_a <= 0.5),

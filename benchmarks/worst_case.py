@@ -48,13 +48,18 @@ def bodies(settings: Settings) -> list[tuple[str, bytes]]:
     ).encode()
     tiny = b'{"role":"user","content":"x"},'
     flood = b'{"model":"m","messages":[' + tiny * ((limit - 100) // len(tiny)) + b"{}]}"
+    line = b"if (x) { y(); }\\n"  # 17 bytes: one brace in a string, escapes to decode
     code = b'{"model":"m","messages":[{"role":"user","content":"'
-    code += b"if (x) { y(); }\\n" * ((limit - 100) // 16) + b'"}]}'
+    code += line * ((limit - 100) // len(line)) + b'"}]}'
+    fits = settings.max_json_objects - 10  # braces in strings count: the most that is allowed
+    source = b'{"model":"llama3.2","stream":false,"messages":[{"role":"user","content":"'
+    source += line * fits + b'"}]}'
     return [
         (f"{len(image) / MIB:.0f} MiB image (one base64 string)", image),
         (f"{messages} messages replaying /set system", replay),
         (f"{messages} messages + {len(tools)} tools (~max_json_objects)", structure),
         (f"{len(flood) / MIB:.0f} MiB of tiny objects (refused: objects)", flood),
+        (f"{len(source) / MIB:.1f} MiB of code in one string ({fits} braces)", source),
         (f"{len(code) / MIB:.0f} MiB of code in one string (refused: objects)", code),
     ]
 

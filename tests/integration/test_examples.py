@@ -14,6 +14,7 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
+from ollama_smart_proxy import Settings, SmartProxy
 from tests.unit.test_cli import free_port
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
@@ -76,6 +77,40 @@ def test_openai_client_example(proxy_url: str) -> None:
     assert result.returncode == 0, result.stderr
     assert "chat: Say hello in five words." in result.stdout
     assert "stream: Count to five." in result.stdout
+
+
+def test_anthropic_client_example(proxy_url: str) -> None:
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "anthropic_client.py"), proxy_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "message: Say hello in five words." in result.stdout
+    assert "stream: Count to five." in result.stdout
+    tokens = int(result.stdout.rsplit("count_tokens (an estimate):", 1)[1])
+    assert tokens > 0
+
+
+@pytest.mark.anyio
+async def test_keys_file_example(fake_url: str) -> None:
+    settings = Settings(upstream=fake_url, keys_file=str(EXAMPLES / "keys.toml"))
+    proxy = SmartProxy(settings)
+    async with LifespanManager(proxy) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as client:
+            assert (await client.get("/api/tags")).status_code == 401
+            webui = {"Authorization": "Bearer sk-example-webui"}
+            ops = {"X-API-Key": "sk-example-ops"}
+            assert (await client.post("/api/chat", json=CHAT, headers=webui)).status_code == 200
+            other = {**CHAT, "model": "mistral"}
+            refused = await client.post("/api/chat", json=other, headers=webui)
+            assert refused.status_code == 403, refused.text
+            assert "open-webui" in refused.json()["error"]
+            pull = {"model": "llama3.2", "stream": False}
+            assert (await client.post("/api/pull", json=pull, headers=webui)).status_code == 403
+            assert (await client.post("/api/pull", json=pull, headers=ops)).status_code == 200
 
 
 @pytest.mark.anyio

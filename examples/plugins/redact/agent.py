@@ -11,8 +11,15 @@ import re
 
 from pydantic import BaseModel
 
-from ollama_smart_proxy.agents import Agent, Chunk, Reply, SlashCall, chunk_text, with_text
-from ollama_smart_proxy.schemas import NativeRequest
+from ollama_smart_proxy.agents import (
+    Agent,
+    Chunk,
+    NativeRequest,
+    Reply,
+    SlashCall,
+    chunk_text,
+    with_text,
+)
 
 SECRET = re.compile(
     r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"  # e-mail addresses

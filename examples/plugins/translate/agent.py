@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from ollama_smart_proxy.agents import Agent, Reply, SlashCall
-from ollama_smart_proxy.agents.builtins import set_system
-from ollama_smart_proxy.schemas import NativeRequest
+from ollama_smart_proxy.agents import Agent, NativeRequest, Reply, SlashCall, set_system
 
 LANGUAGES = {
     "de": "German",

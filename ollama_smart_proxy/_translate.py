@@ -125,6 +125,19 @@ def base64_data(data: Any, param: str) -> str:
     return data
 
 
+def function_tool(tool: dict[str, Any], where: str, schema_key: str) -> dict[str, Any]:
+    """A native function tool from a dialect's flat one: ``name``, ``description`` and its
+    JSON schema under ``schema_key`` (``parameters``, ``input_schema``)."""
+    name = expect(tool.get("name"), str, f"{where}.name", "a string")
+    function: dict[str, Any] = {"name": name}
+    if isinstance(tool.get("description"), str):
+        function["description"] = tool["description"]
+    schema = tool.get(schema_key)
+    if schema is not None:
+        function["parameters"] = expect(schema, dict, f"{where}.{schema_key}", "an object")
+    return {"type": "function", "function": function}
+
+
 def json_arguments(arguments: Any, param: str) -> dict[str, Any]:
     """Tool-call arguments (a JSON object, or one encoded as a string) as an object."""
     if arguments is None or arguments == "":
@@ -154,6 +167,7 @@ __all__ = [
     "FieldError",
     "base64_data",
     "expect",
+    "function_tool",
     "image_data",
     "integer",
     "json_arguments",

@@ -9,6 +9,7 @@ dialect layers (``OpenAICompat``, ...) for theirs, and an agent used on its own.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from ._http import json_request_headers, read_body, replay_receive
@@ -20,7 +21,7 @@ from .encoding import Chunk, Encoder, NativeEncoder, merge_chunks
 from .errors import RequestError
 from .exchange import SCOPE_KEY, Exchange, Kind
 from .routing import ROUTE_KEY, route_of
-from .schemas import parse_json_body, parse_request
+from .schemas import parse_json_body, parse_request, too_many_messages
 from .types import ASGIApp, Receive, Scope, Send
 
 #: Native endpoints whose bodies are parsed into an exchange (each names a model).
@@ -33,6 +34,38 @@ PARSED_KINDS: dict[str, Kind] = {
 }
 
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class BodyLimits:
+    """What every entry of a model request bounds: the body's bytes, its messages, its JSON
+    objects and arrays, and the longest line the answer may carry."""
+
+    max_body_bytes: int = DEFAULT_MAX_BODY
+    max_messages: int | None = None
+    max_json_objects: int | None = None
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+
+    def __post_init__(self) -> None:
+        if self.max_body_bytes <= 0 or self.max_line_bytes <= 0:
+            raise ValueError("limits must be positive")
+
+    async def read_object(self, scope: Scope, receive: Receive) -> dict[str, Any]:
+        """Read and parse a dialect's JSON object body once, or raise a 400 (413) that says
+        what is wrong."""
+        raw = await read_body(scope, receive, self.max_body_bytes)
+        if not raw.strip():
+            raise RequestError("the request body is empty; send a JSON object")
+        body = parse_json_body(raw, self.max_json_objects)
+        if not isinstance(body, dict):
+            raise RequestError("the request body must be a JSON object")
+        return body
+
+    def check_messages(self, items: object) -> None:
+        """413 for a list of messages (or input items) longer than ``max_messages``."""
+        limit = self.max_messages
+        if limit is not None and isinstance(items, list) and len(items) > limit:
+            raise too_many_messages(len(items), limit)
 
 
 async def run_exchange(
@@ -86,13 +119,8 @@ class NativeEntry:
         max_json_objects: int | None = None,
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     ) -> None:
-        if max_body_bytes <= 0 or max_line_bytes <= 0:
-            raise ValueError("limits must be positive")
         self.app = app
-        self.max_body_bytes = max_body_bytes
-        self.max_messages = max_messages
-        self.max_json_objects = max_json_objects
-        self.max_line_bytes = max_line_bytes
+        self.limits = BodyLimits(max_body_bytes, max_messages, max_json_objects, max_line_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or SCOPE_KEY in scope:
@@ -102,8 +130,9 @@ class NativeEntry:
         if kind is None:
             await self.app(scope, receive, send)
             return
-        body = await read_body(scope, receive, self.max_body_bytes)
-        request = parse_request(kind, body, self.max_messages, self.max_json_objects)
+        limits = self.limits
+        body = await read_body(scope, receive, limits.max_body_bytes)
+        request = parse_request(kind, body, limits.max_messages, limits.max_json_objects)
         exchange = Exchange(kind, request, raw=body)
         await run_exchange(
             self.app,
@@ -112,22 +141,8 @@ class NativeEntry:
             send,
             exchange,
             NativeEncoder(),
-            max_line_bytes=self.max_line_bytes,
+            max_line_bytes=limits.max_line_bytes,
         )
-
-
-async def read_json_object(
-    scope: Scope, receive: Receive, max_bytes: int, max_json_objects: int | None = None
-) -> dict[str, Any]:
-    """Read and parse a dialect's JSON object body once, or raise a 400 (413) that says what
-    is wrong."""
-    raw = await read_body(scope, receive, max_bytes)
-    if not raw.strip():
-        raise RequestError("the request body is empty; send a JSON object")
-    body = parse_json_body(raw, max_json_objects)
-    if not isinstance(body, dict):
-        raise RequestError("the request body must be a JSON object")
-    return body
 
 
 def native_answer(exchange: Exchange, text: str, *, thinking: str | None = None) -> list[Chunk]:
@@ -182,9 +197,9 @@ async def send_native(send: Send, chunks: list[Chunk], *, stream: bool) -> None:
 
 __all__ = [
     "PARSED_KINDS",
+    "BodyLimits",
     "NativeEntry",
     "native_answer",
-    "read_json_object",
     "run_exchange",
     "send_native",
     "text_chunk",

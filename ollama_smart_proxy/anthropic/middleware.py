@@ -7,11 +7,10 @@ from __future__ import annotations
 from .._http import send_body
 from .._json import dumps
 from .._ndjson import DEFAULT_MAX_LINE_BYTES
-from ..entry import DEFAULT_MAX_BODY, read_json_object, run_exchange
+from ..entry import DEFAULT_MAX_BODY, BodyLimits, run_exchange
 from ..errors import ProxyError
 from ..exchange import Exchange
 from ..routing import route_of
-from ..schemas import too_many_messages
 from ..types import ASGIApp, Receive, Scope, Send
 from .render import MessagesEncoder
 from .translate import estimate_tokens, messages_request
@@ -31,10 +30,7 @@ class AnthropicCompat:
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     ) -> None:
         self.app = app
-        self.max_body_bytes = max_body_bytes
-        self.max_messages = max_messages
-        self.max_json_objects = max_json_objects
-        self.max_line_bytes = max_line_bytes
+        self.limits = BodyLimits(max_body_bytes, max_messages, max_json_objects, max_line_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = route_of(scope)
@@ -45,11 +41,8 @@ class AnthropicCompat:
             raise ProxyError(
                 f"{scope['method']} is not allowed on {route.path}; use POST", status_code=405
             )
-        body = await read_json_object(scope, receive, self.max_body_bytes, self.max_json_objects)
-        messages = body.get("messages")
-        limit = self.max_messages
-        if limit is not None and isinstance(messages, list) and len(messages) > limit:
-            raise too_many_messages(len(messages), limit)
+        body = await self.limits.read_object(scope, receive)
+        self.limits.check_messages(body.get("messages"))
         if route.kind == "count_tokens":
             # Ollama counts no tokens before a run: an estimate, as Anthropic's own is.
             body.setdefault("max_tokens", 1)
@@ -66,7 +59,7 @@ class AnthropicCompat:
             exchange,
             MessagesEncoder(options),
             path="/api/chat",
-            max_line_bytes=self.max_line_bytes,
+            max_line_bytes=self.limits.max_line_bytes,
         )
 
 

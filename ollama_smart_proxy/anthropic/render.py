@@ -12,7 +12,7 @@ import secrets
 from typing import Any
 
 from .._json import dumps
-from ..encoding import Chunk, Encoder
+from ..encoding import Chunk, Encoder, merge_chunks
 from .translate import MessagesOptions
 
 SSE = b"text/event-stream"
@@ -62,10 +62,7 @@ class MessagesEncoder(Encoder):
         self._open: str | None = None
         self._delta = b""
         self._tools = False
-        self._texts: list[str] = []
-        self._thoughts: list[str] = []
-        self._calls: list[dict[str, Any]] = []
-        self._final: Chunk = {}
+        self._chunks: list[Chunk] = []  # the whole answer (not streaming)
 
     def begin(self, content_type: str) -> bytes:
         return SSE if self.streaming else JSON
@@ -155,14 +152,7 @@ class MessagesEncoder(Encoder):
         if not isinstance(message, dict):
             message = {}
         if not self.streaming:
-            if message.get("thinking"):
-                self._thoughts.append(message["thinking"])
-            if message.get("content"):
-                self._texts.append(message["content"])
-            self._calls += message.get("tool_calls") or []
-            if chunk.get("done"):
-                self._final = chunk
-                self.model = str(chunk.get("model") or self.model)
+            self._chunks.append(chunk)
             return b""
         events = b"" if self._started else self._start(chunk)
         if message.get("thinking"):
@@ -184,23 +174,26 @@ class MessagesEncoder(Encoder):
     def end(self) -> bytes:
         if self.streaming:
             return b""
+        final = merge_chunks(self._chunks)
+        message = final.get("message")
+        if not isinstance(message, dict):
+            message = {}
+        thinking, text = message.get("thinking"), message.get("content")
+        calls: list[dict[str, Any]] = message.get("tool_calls") or []
         content: list[dict[str, Any]] = []
-        if self._thoughts:
-            content.append(
-                {"type": "thinking", "thinking": "".join(self._thoughts), "signature": ""}
-            )
-        if self._texts or not self._calls:
-            content.append({"type": "text", "text": "".join(self._texts)})
-        content += [tool_use_block(call) for call in self._calls]
-        final = self._final
+        if thinking:
+            content.append({"type": "thinking", "thinking": thinking, "signature": ""})
+        if text or not calls:
+            content.append({"type": "text", "text": text or ""})
+        content += [tool_use_block(call) for call in calls]
         return dumps(
             {
                 "id": self.id,
                 "type": "message",
                 "role": "assistant",
-                "model": self.model,
+                "model": str(final.get("model") or self.model),
                 "content": content,
-                "stop_reason": stop_reason(final.get("done_reason"), bool(self._calls)),
+                "stop_reason": stop_reason(final.get("done_reason"), bool(calls)),
                 "stop_sequence": None,
                 "usage": usage(final),
             }

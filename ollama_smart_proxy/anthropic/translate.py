@@ -19,6 +19,7 @@ from .._translate import (
     FieldError,
     base64_data,
     expect,
+    function_tool,
     integer,
     json_type,
     number,
@@ -187,14 +188,7 @@ def _tools(body: dict[str, Any]) -> list[dict[str, Any]]:
         if kind not in (None, "custom"):
             dropped.append(str(tool.get("name") or kind))  # server tools: web search, bash...
             continue
-        name = expect(tool.get("name"), str, f"{where}.name", "a string")
-        function: dict[str, Any] = {"name": name}
-        if isinstance(tool.get("description"), str):
-            function["description"] = tool["description"]
-        schema = tool.get("input_schema")
-        if schema is not None:
-            function["parameters"] = expect(schema, dict, f"{where}.input_schema", "an object")
-        native.append({"type": "function", "function": function})
+        native.append(function_tool(tool, where, "input_schema"))
     if dropped:
         logger.info("dropped tools Ollama cannot call: %s", ", ".join(sorted(set(dropped))))
     choice = body.get("tool_choice")

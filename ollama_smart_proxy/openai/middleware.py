@@ -9,11 +9,10 @@ from .._http import send_body, side_request
 from .._json import dumps, loads
 from .._ndjson import DEFAULT_MAX_LINE_BYTES
 from .._pipeline import error_message
-from ..entry import DEFAULT_MAX_BODY, read_json_object, run_exchange
+from ..entry import DEFAULT_MAX_BODY, BodyLimits, run_exchange
 from ..errors import ProxyError, UpstreamError, UpstreamStatusError
 from ..exchange import Exchange
 from ..routing import route_of
-from ..schemas import too_many_messages
 from ..types import ASGIApp, Receive, Scope, Send
 from .render import (
     ChatCompletionEncoder,
@@ -63,10 +62,7 @@ class OpenAICompat:
         self.app = app
         self.unsupported: Unsupported = unsupported
         self.aliases = dict(aliases or {})
-        self.max_body_bytes = max_body_bytes
-        self.max_messages = max_messages
-        self.max_json_objects = max_json_objects
-        self.max_line_bytes = max_line_bytes
+        self.limits = BodyLimits(max_body_bytes, max_messages, max_json_objects, max_line_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -87,7 +83,7 @@ class OpenAICompat:
             return
         if method != "POST":
             raise ProxyError(f"{method} is not allowed on {route.path}; use POST", status_code=405)
-        body = await read_json_object(scope, receive, self.max_body_bytes, self.max_json_objects)
+        body = await self.limits.read_object(scope, receive)
         exchange, encoder, path = self._translate(route.kind, body)
         await run_exchange(
             self.app,
@@ -97,15 +93,12 @@ class OpenAICompat:
             exchange,
             encoder,
             path=path,
-            max_line_bytes=self.max_line_bytes,
+            max_line_bytes=self.limits.max_line_bytes,
         )
 
     def _translate(self, kind: str, body: dict[str, Any]) -> tuple[Exchange, Any, str]:
         if kind == "openai.chat":
-            messages = body.get("messages")
-            limit = self.max_messages
-            if limit is not None and isinstance(messages, list) and len(messages) > limit:
-                raise too_many_messages(len(messages), limit)
+            self.limits.check_messages(body.get("messages"))
             chat, options = chat_request(body, self.unsupported)
             encoder: Any = ChatCompletionEncoder(
                 options.model, options.stream, options.include_usage

@@ -4,11 +4,10 @@ native chat exchange, so every agent, command, alias, key and limit applies."""
 from __future__ import annotations
 
 from .._ndjson import DEFAULT_MAX_LINE_BYTES
-from ..entry import DEFAULT_MAX_BODY, read_json_object, run_exchange
+from ..entry import DEFAULT_MAX_BODY, BodyLimits, run_exchange
 from ..errors import ProxyError
 from ..exchange import Exchange
 from ..routing import route_of
-from ..schemas import too_many_messages
 from ..types import ASGIApp, Receive, Scope, Send
 from .render import ResponsesEncoder
 from .translate import responses_request
@@ -34,10 +33,7 @@ class ResponsesCompat:
     ) -> None:
         self.app = app
         self.default_max_output_tokens = default_max_output_tokens
-        self.max_body_bytes = max_body_bytes
-        self.max_messages = max_messages
-        self.max_json_objects = max_json_objects
-        self.max_line_bytes = max_line_bytes
+        self.limits = BodyLimits(max_body_bytes, max_messages, max_json_objects, max_line_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or route_of(scope).family != "responses":
@@ -50,11 +46,8 @@ class ResponsesCompat:
                 f"{scope['method']} is not served on /v1/responses: POST a request",
                 status_code=405,
             )
-        body = await read_json_object(scope, receive, self.max_body_bytes, self.max_json_objects)
-        items = body.get("input")
-        limit = self.max_messages
-        if limit is not None and isinstance(items, list) and len(items) > limit:
-            raise too_many_messages(len(items), limit)
+        body = await self.limits.read_object(scope, receive)
+        self.limits.check_messages(body.get("input"))
         request, options = responses_request(body, self.default_max_output_tokens)
         exchange = Exchange("chat", request, dialect="responses")
         await run_exchange(
@@ -65,7 +58,7 @@ class ResponsesCompat:
             exchange,
             ResponsesEncoder(options),
             path="/api/chat",
-            max_line_bytes=self.max_line_bytes,
+            max_line_bytes=self.limits.max_line_bytes,
         )
 
 

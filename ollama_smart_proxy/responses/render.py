@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from .._json import dumps
-from ..encoding import Chunk, Encoder
+from ..encoding import Chunk, Encoder, merge_chunks
 from .translate import ResponsesOptions
 
 SSE = b"text/event-stream"
@@ -80,10 +80,7 @@ class ResponsesEncoder(Encoder):
         self._open_text: list[str] = []
         self._delta = b""
         self._final: Chunk | None = None
-        # whole answer (not streaming)
-        self._texts: list[str] = []
-        self._thoughts: list[str] = []
-        self._calls: list[dict[str, Any]] = []
+        self._chunks: list[Chunk] = []  # the whole answer (not streaming)
 
     def begin(self, content_type: str) -> bytes:
         return SSE if self.streaming else JSON
@@ -269,7 +266,7 @@ class ResponsesEncoder(Encoder):
 
     def encode(self, chunk: Chunk) -> bytes:
         if not self.streaming:
-            self._collect(chunk)
+            self._chunks.append(chunk)
             return b""
         events: list[bytes] = []
         if not self._seq:
@@ -298,27 +295,22 @@ class ResponsesEncoder(Encoder):
             )
         return b"".join(events)
 
-    def _collect(self, chunk: Chunk) -> None:
-        message = chunk.get("message")
-        if isinstance(message, dict):
-            if message.get("thinking"):
-                self._thoughts.append(message["thinking"])
-            if message.get("content"):
-                self._texts.append(message["content"])
-            self._calls += message.get("tool_calls") or []
-        if chunk.get("done"):
-            self._final = chunk
-            self.model = str(chunk.get("model") or self.model)
-
     def end(self) -> bytes:
         if self.streaming:
             return b""
-        if self._thoughts:
-            self._output.append(reasoning_item(_id("rs_"), "".join(self._thoughts)))
-        if self._texts or not self._calls:
-            self._output.append(message_item(_id("msg_"), "".join(self._texts)))
-        self._output += [function_call_item(call) for call in self._calls]
-        return dumps(self._response("completed", self._final or {}))
+        final = merge_chunks(self._chunks)
+        self.model = str(final.get("model") or self.model)
+        message = final.get("message")
+        if not isinstance(message, dict):
+            message = {}
+        thinking, text = message.get("thinking"), message.get("content")
+        calls: list[dict[str, Any]] = message.get("tool_calls") or []
+        if thinking:
+            self._output.append(reasoning_item(_id("rs_"), thinking))
+        if text or not calls:
+            self._output.append(message_item(_id("msg_"), text or ""))
+        self._output += [function_call_item(call) for call in calls]
+        return dumps(self._response("completed", final))
 
 
 __all__ = ["ResponsesEncoder", "function_call_item", "message_item", "usage"]

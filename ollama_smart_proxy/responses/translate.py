@@ -16,6 +16,7 @@ from typing import Any
 from .._translate import (
     FieldError,
     expect,
+    function_tool,
     image_data,
     integer,
     json_arguments,
@@ -93,14 +94,7 @@ def _tool(tool: Any, where: str, options: ResponsesOptions) -> list[dict[str, An
         raise FieldError(f"'{where}' must be an object", where)
     kind = tool.get("type", "function")
     if kind == "function":
-        name = expect(tool.get("name"), str, f"{where}.name", "a string")
-        function: dict[str, Any] = {"name": name}
-        if isinstance(tool.get("description"), str):
-            function["description"] = tool["description"]
-        parameters = tool.get("parameters")
-        if parameters is not None:
-            function["parameters"] = expect(parameters, dict, f"{where}.parameters", "an object")
-        return [{"type": "function", "function": function}]
+        return [function_tool(tool, where, "parameters")]
     if kind == "namespace":
         inner = tool.get("tools") or []
         if not isinstance(inner, list):

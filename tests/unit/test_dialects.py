@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ollama_smart_proxy.anthropic import MessagesEncoder, MessagesOptions, messages_request
-from ollama_smart_proxy.encoding import Chunk, merge_chunks
+from ollama_smart_proxy.encoding import Chunk
 from ollama_smart_proxy.errors import RequestError
 from ollama_smart_proxy.responses import ResponsesEncoder, ResponsesOptions, responses_request
 
@@ -235,9 +235,8 @@ def test_responses_stream_and_whole_parse_alike(
 ) -> None:
     chunks = native(thinking, content, tool_calls)
     streamed = encode(ResponsesEncoder(ResponsesOptions(model="m", stream=True)), chunks)
-    whole = encode(
-        ResponsesEncoder(ResponsesOptions(model="m", stream=False)), [merge_chunks(chunks)]
-    )
+    # Not streaming, the encoder folds the same chunks into one answer itself.
+    whole = encode(ResponsesEncoder(ResponsesOptions(model="m", stream=False)), chunks)
 
     ANSWERS[:] = [streamed, whole]
     client = OPENAI
@@ -261,9 +260,7 @@ def test_anthropic_stream_and_whole_parse_alike(
 ) -> None:
     chunks = native(thinking, content, tool_calls)
     streamed = encode(MessagesEncoder(MessagesOptions(model="m", stream=True)), chunks)
-    whole = encode(
-        MessagesEncoder(MessagesOptions(model="m", stream=False)), [merge_chunks(chunks)]
-    )
+    whole = encode(MessagesEncoder(MessagesOptions(model="m", stream=False)), chunks)
 
     ANSWERS[:] = [streamed, whole]
     client = ANTHROPIC

@@ -298,3 +298,12 @@ def create_app() -> Any:
     settings = Settings.model_validate_json(os.environ[_SETTINGS_ENV])
     configure_logging(settings.log_format, settings.log_level)
     return build_app(settings, demo=bool(os.environ.get(_DEMO_ENV)))
+
+
+__all__ = [
+    "build_app",
+    "build_parser",
+    "create_app",
+    "main",
+    "settings_from_args",
+]

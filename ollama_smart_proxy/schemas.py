@@ -230,3 +230,22 @@ def _json_type(value: object) -> str:
 def dump_request(request: BaseModel) -> bytes:
     """Serialise a request once, with only the fields that were set (extras included)."""
     return request.model_dump_json(exclude_unset=True, by_alias=True).encode()
+
+
+__all__ = [
+    "ChatRequest",
+    "EmbedRequest",
+    "EmbeddingsRequest",
+    "GenerateRequest",
+    "Message",
+    "ModelRequest",
+    "NativeRequest",
+    "ShowRequest",
+    "ToolCall",
+    "ToolCallFunction",
+    "describe_validation_error",
+    "dump_request",
+    "parse_json_body",
+    "parse_request",
+    "too_many_messages",
+]

@@ -264,3 +264,10 @@ class Settings(BaseSettings):
             _OllamaHostSource(settings_cls),
             _TomlSource(settings_cls, init_settings),
         )
+
+
+__all__ = [
+    "DEFAULT_UPSTREAM",
+    "Settings",
+    "parse_ollama_host",
+]

@@ -320,3 +320,17 @@ def models_list(tags: dict[str, Any], aliases: Mapping[str, str] | None = None) 
         data.append(model_object(str(name), entry.get("modified_at")))
     data += [alias_object(alias) for alias in aliases or {}]
     return {"object": "list", "data": data}
+
+
+__all__ = [
+    "ChatCompletionEncoder",
+    "CompletionEncoder",
+    "EmbeddingEncoder",
+    "alias_object",
+    "finish_reason",
+    "model_object",
+    "models_list",
+    "sse",
+    "tool_calls",
+    "usage",
+]

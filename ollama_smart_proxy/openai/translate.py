@@ -394,3 +394,13 @@ def embedding_request(body: dict[str, Any]) -> tuple[EmbedRequest, str, str]:
     if isinstance(options, dict):
         native["options"] = options
     return validate(EmbedRequest, native), str(body.get("model") or ""), fmt.lower()
+
+
+__all__ = [
+    "ChatOptions",
+    "OpenAIRequestError",
+    "Unsupported",
+    "chat_request",
+    "completion_request",
+    "embedding_request",
+]

@@ -20,6 +20,7 @@ from .routing import route_of
 from .types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
+    from .errors import ProxyError
     from .exchange import Exchange
 
 access_logger = logging.getLogger("ollama_smart_proxy.access")
@@ -43,9 +44,7 @@ class RequestContext:
     status: int = 0
     bytes: int = 0
     #: Why the request failed, when it did (also after a stream began with status 200).
-    error: str | None = None
-    #: Whether Ollama was at fault (unreachable, timeout, cut, an error line).
-    upstream_failed: bool = False
+    error: ProxyError | None = None
     #: When the request went to Ollama, and when Ollama's answer began (``perf_counter``).
     forwarded: float = 0.0
     answered: float = 0.0
@@ -147,8 +146,9 @@ def log_request(scope: Scope, context: RequestContext) -> None:
     if model and asked and model != asked:
         shown_model = f"{asked}->{model}"
     extra = f" key={escape(context.key)}" if context.key else ""
-    if context.error:
-        extra += f' error="{escape(context.error)}"'
+    error = context.error.message if context.error is not None else None
+    if error:
+        extra += f' error="{escape(error)}"'
     access_logger.info(
         "%s %s %s %s %s %.1fms %dB%s",
         context.client,
@@ -168,7 +168,7 @@ def log_request(scope: Scope, context: RequestContext) -> None:
             "upstream_model": model,
             "key": context.key,
             "status": context.status or None,
-            "error": context.error,
+            "error": error,
             "duration_ms": round(duration, 2),
             "bytes": context.bytes,
         },

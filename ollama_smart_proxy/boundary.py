@@ -20,7 +20,6 @@ from .errors import (
     ProxyError,
     RequestError,
     ShuttingDown,
-    UpstreamError,
     render_error,
     render_stream_error,
 )
@@ -99,8 +98,7 @@ class ErrorBoundary:
                     extra={"request_id": request_id},
                 )
             if context is not None:
-                context.error = error.message
-                context.upstream_failed = isinstance(error, UpstreamError)
+                context.error = error
             if ended:
                 return
             if not started:

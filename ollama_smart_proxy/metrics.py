@@ -20,6 +20,7 @@ from typing import Any
 
 from ._http import send_body
 from .access_log import RequestContext
+from .errors import UpstreamError
 from .routing import route_of
 from .types import Receive, Scope, Send
 
@@ -190,7 +191,7 @@ class Metrics:
             child(self.tokens, "out", label).inc(context.tokens_out)
         for agent in context.agents:
             child(self.agents, agent).inc()
-        if context.upstream_failed:
+        if isinstance(context.error, UpstreamError):  # Ollama was at fault
             child(self.upstream_errors, route.kind).inc()
 
 

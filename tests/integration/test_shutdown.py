@@ -28,14 +28,22 @@ def wait_until_up(url: str) -> None:
         time.sleep(0.1)
 
 
-def stream(url: str, path: str, words: int, out: dict[str, object]) -> None:
+def stream(
+    url: str, path: str, words: int, out: dict[str, object], started: threading.Event
+) -> None:
     text = " ".join(["w"] * words)
     body = {"model": "llama3.2", "messages": [{"role": "user", "content": text}], "stream": True}
     lines: list[bytes] = []
-    with httpx.stream("POST", url + path, json=body, timeout=30) as response:
-        for line in response.iter_lines():
-            if line:
-                lines.append(line.encode())
+    try:
+        with httpx.stream("POST", url + path, json=body, timeout=30) as response:
+            for line in response.iter_lines():
+                if line:
+                    lines.append(line.encode())
+                    started.set()
+    except httpx.HTTPError as exc:  # reported by the test, not lost in a thread
+        out["error"] = repr(exc)
+    finally:
+        started.set()
     out["lines"] = lines
     out["ended"] = time.monotonic()
 
@@ -57,13 +65,17 @@ def test_sigterm_lets_short_streams_finish_and_ends_long_ones_cleanly(path: str)
         wait_until_up(url)
         short: dict[str, object] = {}
         long: dict[str, object] = {}
+        short_started, long_started = threading.Event(), threading.Event()
         threads = [
-            threading.Thread(target=stream, args=(url, path, 10, short)),  # ~0.3 s
-            threading.Thread(target=stream, args=(url, path, 400, long)),  # ~12 s
+            threading.Thread(target=stream, args=(url, path, 400, long, long_started)),  # ~12 s
+            threading.Thread(target=stream, args=(url, path, 10, short, short_started)),  # ~0.3 s
         ]
-        for thread in threads:
+        # Both streams must be under way before the signal (a loaded machine may take
+        # longer than any fixed sleep to connect them; after SIGTERM no new connection
+        # is accepted, which is right, but not what this test is about).
+        for thread, started in zip(threads, (long_started, short_started), strict=True):
             thread.start()
-        time.sleep(0.15)
+            assert started.wait(timeout=15), "a stream did not start"
         signalled = time.monotonic()
         process.send_signal(signal.SIGTERM)
         for thread in threads:
@@ -76,6 +88,7 @@ def test_sigterm_lets_short_streams_finish_and_ends_long_ones_cleanly(path: str)
     # uvicorn re-raises the signal it handled once it is done: the exit says "terminated".
     assert exit_code in (0, -signal.SIGTERM), output
     assert "Application shutdown complete" in output
+    assert "error" not in short and "error" not in long, (short, long)
     short_lines = short["lines"]
     long_lines = long["lines"]
     assert isinstance(short_lines, list) and isinstance(long_lines, list)

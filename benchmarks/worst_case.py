@@ -2,8 +2,8 @@
 
     python -m benchmarks.worst_case
 
-Each body goes through the whole proxy in-process, called as an ASGI app with the body in one
-message, over an upstream that drains the body and answers at once (so neither a client
+Each body goes through the whole proxy in-process, called as an ASGI app with the body in
+pieces of 256 KiB (what one read of uvicorn's transport delivers at most), over an upstream that drains the body and answers at once (so neither a client
 library nor a fake Ollama adds its own work), while a probe task wakes every millisecond;
 the longest gap the probe saw is the time the loop was held. The bodies are the shapes that once froze the proxy (replayed commands), the
 largest single string (a base64 image at the body limit), the most structure the limits
@@ -75,15 +75,20 @@ async def instant_ollama(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": ANSWER})
 
 
+#: What one read of uvicorn's transport (asyncio's or uvloop's) delivers at most.
+READ_BYTES = 256 * 1024
+
+
 async def call(proxy: SmartProxy, body: bytes) -> int:
     status = 0
-    given = False
+    pieces = iter(range(0, len(body), READ_BYTES))
 
     async def receive() -> dict[str, Any]:
-        nonlocal given
-        if not given:
-            given = True
-            return {"type": "http.request", "body": body, "more_body": False}
+        start = next(pieces, None)
+        if start is not None:
+            await asyncio.sleep(0)  # uvicorn waits for each piece to arrive
+            end = start + READ_BYTES
+            return {"type": "http.request", "body": body[start:end], "more_body": end < len(body)}
         await asyncio.Event().wait()
         raise AssertionError
 

@@ -21,8 +21,14 @@ from .encoding import Chunk, Encoder, NativeEncoder, merge_chunks
 from .errors import RequestError
 from .exchange import SCOPE_KEY, Exchange, Kind
 from .routing import ROUTE_KEY, route_of
-from .schemas import parse_json_body, parse_request, too_many_messages
-from .types import ASGIApp, Receive, Scope, Send
+from .schemas import (
+    count_containers,
+    parse_json_body,
+    parse_request,
+    too_many_messages,
+    too_many_objects,
+)
+from .types import ASGIApp, Message, Receive, Scope, Send
 
 #: Native endpoints whose bodies are parsed into an exchange (each names a model).
 PARSED_KINDS: dict[str, Kind] = {
@@ -50,13 +56,36 @@ class BodyLimits:
         if self.max_body_bytes <= 0 or self.max_line_bytes <= 0:
             raise ValueError("limits must be positive")
 
+    async def read(self, scope: Scope, receive: Receive) -> bytes:
+        """Read the whole body, refusing (413) more bytes than ``max_body_bytes`` and more
+        JSON objects and arrays than ``max_json_objects``.
+
+        The objects are counted on each piece as it arrives, so counting never holds the
+        event loop for more than one read, and a flood is refused before the rest of it is
+        read.
+        """
+        limit = self.max_json_objects
+        if limit is None:
+            return await read_body(scope, receive, self.max_body_bytes)
+        counted = 0
+
+        async def counting() -> Message:
+            nonlocal counted
+            message = await receive()
+            counted += count_containers(message.get("body", b""))
+            if counted > limit:
+                raise too_many_objects(limit)
+            return message
+
+        return await read_body(scope, counting, self.max_body_bytes)
+
     async def read_object(self, scope: Scope, receive: Receive) -> dict[str, Any]:
         """Read and parse a dialect's JSON object body once, or raise a 400 (413) that says
         what is wrong."""
-        raw = await read_body(scope, receive, self.max_body_bytes)
+        raw = await self.read(scope, receive)
         if not raw.strip():
             raise RequestError("the request body is empty; send a JSON object")
-        body = parse_json_body(raw, self.max_json_objects)
+        body = parse_json_body(raw)
         if not isinstance(body, dict):
             raise RequestError("the request body must be a JSON object")
         return body
@@ -131,8 +160,8 @@ class NativeEntry:
             await self.app(scope, receive, send)
             return
         limits = self.limits
-        body = await read_body(scope, receive, limits.max_body_bytes)
-        request = parse_request(kind, body, limits.max_messages, limits.max_json_objects)
+        body = await limits.read(scope, receive)
+        request = parse_request(kind, body, limits.max_messages)
         exchange = Exchange(kind, request, raw=body)
         await run_exchange(
             self.app,

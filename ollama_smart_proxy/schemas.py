@@ -157,39 +157,36 @@ def too_many_messages(count: int, limit: int) -> RequestTooLarge:
     )
 
 
-def parse_json_body(body: bytes, max_json_objects: int | None = None) -> Any:
-    """Parse a client's JSON body once: 400 for bad JSON, 413 for more objects and arrays
-    than ``max_json_objects``.
+def too_many_objects(limit: int) -> RequestTooLarge:
+    return RequestTooLarge(
+        f"the request body holds more than {limit} JSON objects and arrays "
+        "(raise OSP_MAX_JSON_OBJECTS to allow it)"
+    )
 
-    The count is made on the bytes before parsing (an upper bound: a brace inside a string
-    counts too), at memchr speed, so a body of millions of tiny objects is refused before
-    any parser spends seconds on it.
-    """
-    if max_json_objects is not None and len(body) > 2 * max_json_objects:  # "{}" is 2 bytes
-        count = body.count(b"{") + body.count(b"[")
-        if count > max_json_objects:
-            raise RequestTooLarge(
-                f"the request body holds more than {max_json_objects} JSON objects and arrays "
-                "(raise OSP_MAX_JSON_OBJECTS to allow it)"
-            )
+
+def count_containers(data: bytes) -> int:
+    """An upper bound of the JSON objects and arrays in ``data`` (a brace or bracket inside
+    a string counts too), at C speed: what ``max_json_objects`` is checked against before
+    any parser spends seconds on millions of tiny objects."""
+    return data.count(b"{") + data.count(b"[")
+
+
+def parse_json_body(body: bytes) -> Any:
+    """Parse a client's JSON body once; 400 for bad JSON."""
     try:
         return parse_body(body)
     except ValueError as exc:
         raise RequestError(f"invalid JSON in request body: {exc}") from None
 
 
-def parse_request(
-    kind: str,
-    body: bytes,
-    max_messages: int | None = None,
-    max_json_objects: int | None = None,
-) -> ModelRequest:
+def parse_request(kind: str, body: bytes, max_messages: int | None = None) -> ModelRequest:
     """Parse and validate a native request body once; raise :class:`RequestError`.
 
     ``max_messages`` is checked on the parsed JSON, before the (much dearer) validation.
+    (The JSON objects are counted while the body is read: ``entry.BodyLimits``.)
     """
     model = REQUEST_TYPES[kind]
-    if body[:1] == b"{" and _within_limits(body, max_messages, max_json_objects):
+    if body[:1] == b"{" and _too_short_for(body, max_messages):
         # A body too small to break a limit: pydantic parses and validates in one pass.
         try:
             return model.model_validate_json(body)
@@ -197,7 +194,7 @@ def parse_request(
             raise RequestError(describe_validation_error(exc)) from None
     if not body.strip():
         raise RequestError("missing request body")
-    value = parse_json_body(body, max_json_objects)
+    value = parse_json_body(body)
     if value is None:  # Ollama reads `null` as an empty object
         return model()
     if not isinstance(value, dict):
@@ -215,11 +212,9 @@ def parse_request(
 _MIN_MESSAGE_BYTES = 12
 
 
-def _within_limits(body: bytes, max_messages: int | None, max_json_objects: int | None) -> bool:
-    """Whether ``body`` is too short to hold more messages or objects than the limits."""
-    if max_messages is not None and len(body) >= _MIN_MESSAGE_BYTES * max_messages:
-        return False
-    return max_json_objects is None or len(body) <= 2 * max_json_objects
+def _too_short_for(body: bytes, max_messages: int | None) -> bool:
+    """Whether ``body`` is too short to hold more messages than ``max_messages``."""
+    return max_messages is None or len(body) < _MIN_MESSAGE_BYTES * max_messages
 
 
 def _json_type(value: object) -> str:
@@ -243,9 +238,11 @@ __all__ = [
     "ShowRequest",
     "ToolCall",
     "ToolCallFunction",
+    "count_containers",
     "describe_validation_error",
     "dump_request",
     "parse_json_body",
     "parse_request",
     "too_many_messages",
+    "too_many_objects",
 ]

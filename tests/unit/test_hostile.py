@@ -30,16 +30,19 @@ SLOW = settings(
 )
 
 
-async def asgi(proxy: SmartProxy, method: str, raw_path: bytes, body: bytes = b"") -> Message:
-    """Call the proxy with an exact raw path (httpx would normalise it)."""
+async def asgi(
+    proxy: SmartProxy, method: str, raw_path: bytes, body: bytes | list[bytes] = b""
+) -> Message:
+    """Call the proxy with an exact raw path (httpx would normalise it); a list of pieces is
+    the body as the server would deliver it, read by ``receive`` one at a time (what is
+    left unread is in the result's ``unread``)."""
     sent: list[Message] = []
-    given = False
+    pieces = [body] if isinstance(body, bytes) else list(body)
 
     async def receive() -> Message:
-        nonlocal given
-        if not given:
-            given = True
-            return {"type": "http.request", "body": body, "more_body": False}
+        if pieces:
+            piece = pieces.pop(0)
+            return {"type": "http.request", "body": piece, "more_body": bool(pieces)}
         await anyio.sleep_forever()
         raise AssertionError
 
@@ -62,7 +65,8 @@ async def asgi(proxy: SmartProxy, method: str, raw_path: bytes, body: bytes = b"
     }
     with anyio.fail_after(5):
         await proxy(scope, receive, send)
-    return {"status": sent[0]["status"], "body": b"".join(m.get("body", b"") for m in sent[1:])}
+    body_sent = b"".join(m.get("body", b"") for m in sent[1:])
+    return {"status": sent[0]["status"], "body": body_sent, "unread": len(pieces)}
 
 
 # -- finding 2: the path that is routed is the path that is forwarded ---------------------
@@ -290,4 +294,19 @@ async def test_max_json_objects_refuses_a_flood_before_parsing() -> None:
     result = await asgi(proxy, "POST", b"/api/chat", flood)
     assert result["status"] == 413
     assert b"OSP_MAX_JSON_OBJECTS" in result["body"]
+    assert fake.requests == []
+
+
+@pytest.mark.parametrize(
+    "path", [b"/api/chat", b"/v1/chat/completions", b"/v1/responses", b"/v1/messages"]
+)
+async def test_a_flood_is_refused_while_it_arrives_not_after(path: bytes) -> None:
+    fake = FakeOllama()
+    proxy = SmartProxy(Settings(max_json_objects=1000), transport=upstream(fake))
+    piece = b'{"role":"user","content":"x"},' * 100  # 100 objects a read
+    pieces = [b'{"model":"m","messages":[', *[piece] * 50, b"{}]}"]
+    result = await asgi(proxy, "POST", path, pieces)
+    assert result["status"] == 413
+    assert b"OSP_MAX_JSON_OBJECTS" in result["body"]
+    assert result["unread"] > 35  # refused at the 11th read of 52, without reading on
     assert fake.requests == []

@@ -15,6 +15,26 @@ from ._json import dumps
 
 Chunk = dict[str, Any]
 
+_TEXT_KEYS = frozenset({"role", "content"})
+_THINKING_KEYS = frozenset({"role", "content", "thinking"})
+
+
+def text_only(message: Any) -> Any:
+    """The text of a chat chunk's ``message`` that holds text and nothing else (the common
+    chunk, which encoders write from a template), else ``None``."""
+    if isinstance(message, dict) and message.keys() <= _TEXT_KEYS:
+        return message.get("content") or None
+    return None
+
+
+def thinking_only(message: Any) -> Any:
+    """The thinking of a chat chunk's ``message`` that holds thinking and nothing else (an
+    empty ``content`` aside), else ``None``."""
+    keys_ok = isinstance(message, dict) and message.keys() <= _THINKING_KEYS
+    if keys_ok and not message.get("content"):
+        return message.get("thinking") or None
+    return None
+
 
 def merge_chunks(chunks: list[Chunk]) -> Chunk:
     """Fold a native stream into the single object Ollama sends for ``stream: false``.
@@ -110,4 +130,4 @@ class NativeEncoder(Encoder):
         return dumps(merge_chunks(self._chunks))
 
 
-__all__ = ["Chunk", "Encoder", "NativeEncoder", "merge_chunks"]
+__all__ = ["Chunk", "Encoder", "NativeEncoder", "merge_chunks", "text_only", "thinking_only"]

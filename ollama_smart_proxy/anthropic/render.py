@@ -12,7 +12,7 @@ import secrets
 from typing import Any
 
 from .._json import dumps
-from ..encoding import Chunk, Encoder, merge_chunks
+from ..encoding import Chunk, Encoder, merge_chunks, text_only
 from .translate import MessagesOptions
 
 SSE = b"text/event-stream"
@@ -148,12 +148,17 @@ class MessagesEncoder(Encoder):
         return events
 
     def encode(self, chunk: Chunk) -> bytes:
-        message = chunk.get("message")
-        if not isinstance(message, dict):
-            message = {}
         if not self.streaming:
             self._chunks.append(chunk)
             return b""
+        message = chunk.get("message")
+        if self._open == "text" and not chunk.get("done"):
+            # The common case, from the open block's template: a chunk of text alone.
+            text = text_only(message)
+            if text is not None:
+                return self._delta % dumps(text)
+        if not isinstance(message, dict):
+            message = {}
         events = b"" if self._started else self._start(chunk)
         if message.get("thinking"):
             events += self._text("thinking", message["thinking"])

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from .._json import dumps
-from ..encoding import Chunk, Encoder, merge_chunks
+from ..encoding import Chunk, Encoder, merge_chunks, text_only, thinking_only
 
 SSE_HEADERS_TYPE = b"text/event-stream"  # as Ollama's own /v1
 JSON_TYPE = b"application/json"
@@ -131,10 +131,12 @@ class ChatCompletionEncoder(_OpenAIEncoder):
         message = chunk.get("message") or {}
         if self._head and not chunk.get("done") and "logprobs" not in chunk:
             # The common case, from a template: a chunk of text or of thinking alone.
-            if len(message) <= 2 and message.get("content"):
-                return self._head + b'{"content":' + dumps(message["content"]) + _OPEN_END
-            if len(message) <= 3 and message.get("thinking") and not message.get("content"):
-                return self._head + b'{"reasoning":' + dumps(message["thinking"]) + _OPEN_END
+            text = text_only(message)
+            if text is not None:
+                return self._head + b'{"content":' + dumps(text) + _OPEN_END
+            thinking = thinking_only(message)
+            if thinking is not None:
+                return self._head + b'{"reasoning":' + dumps(thinking) + _OPEN_END
         if self._created is None:
             self._created = unix_time(chunk.get("created_at"))
             self.model = self._model(chunk)

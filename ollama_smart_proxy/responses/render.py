@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from .._json import dumps
-from ..encoding import Chunk, Encoder, merge_chunks
+from ..encoding import Chunk, Encoder, merge_chunks, text_only
 from .translate import ResponsesOptions
 
 SSE = b"text/event-stream"
@@ -268,6 +268,12 @@ class ResponsesEncoder(Encoder):
         if not self.streaming:
             self._chunks.append(chunk)
             return b""
+        if self._open == "message" and not chunk.get("done"):
+            # The common case, from the open item's template: a chunk of text alone.
+            text = text_only(chunk.get("message"))
+            if text is not None:
+                self._open_text.append(text)
+                return self._delta_event(text)
         events: list[bytes] = []
         if not self._seq:
             self.model = str(chunk.get("model") or self.model)

@@ -281,3 +281,95 @@ def test_anthropic_stream_and_whole_parse_alike(
 
     assert answer(final) == answer(once) == ("".join(content), "".join(thinking), tool_calls)
     assert final.stop_reason == once.stop_reason == ("tool_use" if tool_calls else "end_turn")
+
+
+# Chunks as an upstream other than Ollama may send them: text, thinking and tool calls in any
+# mix within one message, the role sometimes left out. Nothing may be lost on any path.
+mixed = st.lists(
+    st.fixed_dictionaries(
+        {"content": st.just("") | text, "thinking": st.just("") | text},
+        optional={
+            "role": st.just("assistant"),
+            "tool_calls": st.lists(
+                st.tuples(names, st.dictionaries(names, st.integers() | text, max_size=3)),
+                min_size=1,
+                max_size=2,
+            ),
+        },
+    ),
+    max_size=6,
+)
+
+
+def mixed_chunks(messages: list[dict[str, Any]]) -> list[Chunk]:
+    chunks: list[Chunk] = []
+    for message in messages:
+        if "tool_calls" in message:
+            message = {
+                **message,
+                "tool_calls": [
+                    {"id": f"call_{len(chunks)}_{i}", "function": {"name": n, "arguments": a}}
+                    for i, (n, a) in enumerate(message["tool_calls"])
+                ],
+            }
+        chunks.append({"model": "m", "message": message, "done": False})
+    chunks.append({"model": "m", "message": {"role": "assistant", "content": ""}, "done": True})
+    return chunks
+
+
+def expected(messages: list[dict[str, Any]]) -> tuple[str, str, list[Any]]:
+    return (
+        "".join(m["content"] for m in messages),
+        "".join(m["thinking"] for m in messages),
+        [call for m in messages for call in m.get("tool_calls", [])],
+    )
+
+
+@settings(max_examples=40, deadline=None)
+@given(messages=mixed)
+def test_responses_mixed_chunks_lose_nothing(messages: list[dict[str, Any]]) -> None:
+    chunks = mixed_chunks(messages)
+    ANSWERS[:] = [
+        encode(ResponsesEncoder(ResponsesOptions(model="m", stream=True)), chunks),
+        encode(ResponsesEncoder(ResponsesOptions(model="m", stream=False)), chunks),
+    ]
+    with OPENAI.responses.stream(model="m", input="x") as stream:
+        final = stream.get_final_response()
+    once = OPENAI.responses.create(model="m", input="x")
+
+    def answer(response: Any) -> tuple[str, str, list[Any]]:
+        thoughts = "".join(
+            part.text for i in response.output if i.type == "reasoning" for part in i.summary
+        )
+        uses = [
+            (i.name, json.loads(i.arguments)) for i in response.output if i.type == "function_call"
+        ]
+        return response.output_text, thoughts, uses
+
+    assert answer(final) == answer(once) == expected(messages)
+
+
+@settings(max_examples=40, deadline=None)
+@given(messages=mixed)
+def test_anthropic_mixed_chunks_lose_nothing(messages: list[dict[str, Any]]) -> None:
+    chunks = mixed_chunks(messages)
+    ANSWERS[:] = [
+        encode(MessagesEncoder(MessagesOptions(model="m", stream=True)), chunks),
+        encode(MessagesEncoder(MessagesOptions(model="m", stream=False)), chunks),
+    ]
+    args: dict[str, Any] = {
+        "model": "m",
+        "max_tokens": 5,
+        "messages": [{"role": "user", "content": "x"}],
+    }
+    with ANTHROPIC.messages.stream(**args) as stream:
+        final = stream.get_final_message()
+    once = ANTHROPIC.messages.create(**args)
+
+    def answer(message: Any) -> tuple[str, str, list[Any]]:
+        texts = "".join(b.text for b in message.content if b.type == "text")
+        thoughts = "".join(b.thinking for b in message.content if b.type == "thinking")
+        uses = [(b.name, b.input) for b in message.content if b.type == "tool_use"]
+        return texts, thoughts, uses
+
+    assert answer(final) == answer(once) == expected(messages)

@@ -287,7 +287,11 @@ tool_call = st.fixed_dictionaries(
 )
 piece = st.fixed_dictionaries(
     {"content": st.text(max_size=10), "thinking": st.text(max_size=6)},
-    optional={"tool_calls": st.lists(tool_call, min_size=1, max_size=2)},
+    # Ollama always names the role; an upstream that does not must lose nothing either.
+    optional={
+        "role": st.just("assistant"),
+        "tool_calls": st.lists(tool_call, min_size=1, max_size=2),
+    },
 )
 
 
@@ -302,7 +306,7 @@ def test_random_native_streams_parse_back_through_the_sdk(
         {
             "model": "m",
             "created_at": "2026-01-01T00:00:00Z",
-            "message": {"role": "assistant", **p},
+            "message": p,
             "done": False,
         }
         for p in pieces

@@ -1,9 +1,14 @@
-"""``Admission``: at most ``max_concurrent`` generations at Ollama, a bounded FIFO queue behind.
+"""``Admission``: at most ``max_concurrent`` generations at Ollama, a bounded queue behind.
 
 Generations (chat, generate, embed, embeddings, in every dialect) wait their turn; every other
 route (tags, version, ps, show, pulls, health, metrics) passes at once. A request that finds
 the queue full, or waits longer than ``queue_timeout``, gets 503 with ``Retry-After`` in its
 dialect; a client that leaves while queued is removed at once and never reaches Ollama.
+
+The queue is first in, first out, except with ``affinity``: a place that frees goes first to
+a queued request for a model that is running or just ran (Ollama has it loaded), so requests
+that alternate between models do not make Ollama unload and load a model for each of them.
+A request is passed over that way for at most ``affinity`` seconds.
 """
 
 from __future__ import annotations
@@ -11,18 +16,33 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import math
 import time
 from collections.abc import Callable
 from typing import Any
 
 from .errors import ClientDisconnected, Overloaded
+from .exchange import SCOPE_KEY, Exchange
+from .names import canonical
 from .routing import GENERATION_KINDS, route_of
 from .types import ASGIApp, Message, Receive, Scope, Send
 
+#: How far into the queue a freed place looks for a request for a loaded model.
+LOOKAHEAD = 64
+
+
+class _Waiter:
+    __slots__ = ("future", "model", "since")
+
+    def __init__(self, future: asyncio.Future[None], model: str | None, since: float) -> None:
+        self.future = future
+        self.model = model
+        self.since = since
+
 
 class Admission:
-    """``Admission(app, *, max_concurrent, max_queue=256, queue_timeout=30.0)``."""
+    """``Admission(app, *, max_concurrent, max_queue=256, queue_timeout=30.0, affinity=0.0)``."""
 
     def __init__(
         self,
@@ -31,15 +51,24 @@ class Admission:
         max_concurrent: int,
         max_queue: int = 256,
         queue_timeout: float = 30.0,
+        affinity: float = 0.0,
     ) -> None:
-        if max_concurrent < 1 or max_queue < 0 or queue_timeout <= 0:
-            raise ValueError("max_concurrent must be >= 1, max_queue >= 0, queue_timeout > 0")
+        if max_concurrent < 1 or max_queue < 0 or queue_timeout <= 0 or affinity < 0:
+            raise ValueError(
+                "max_concurrent must be >= 1, max_queue >= 0, queue_timeout > 0, affinity >= 0"
+            )
         self.app = app
         self.max_concurrent = max_concurrent
         self.max_queue = max_queue
         self.queue_timeout = queue_timeout
+        self.affinity = affinity
         self.in_flight = 0
-        self._queue: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._queue: collections.deque[_Waiter] = collections.deque()
+        #: The models of the generations in flight, and of the one that finished last.
+        self._running: collections.Counter[str] = collections.Counter()
+        self._last: str | None = None
+        #: Places given out of turn to a request for a loaded model.
+        self.preferred = 0
         #: Smoothed seconds a generation holds its place (for Retry-After).
         self._hold = 5.0
         self.admitted = 0
@@ -56,7 +85,7 @@ class Admission:
 
     @property
     def queued(self) -> int:
-        return sum(1 for waiter in self._queue if not waiter.done())
+        return sum(1 for waiter in self._queue if not waiter.future.done())
 
     def describe(self) -> dict[str, Any]:
         waits = sorted(self._waits)
@@ -67,6 +96,8 @@ class Admission:
             "max_queue": self.max_queue,
             "admitted": self.admitted,
             "refused": self.refused,
+            "affinity_s": self.affinity,
+            "preferred": self.preferred,
             "wait_p50_s": round(waits[len(waits) // 2], 3) if waits else 0.0,
             "wait_max_s": round(waits[-1], 3) if waits else 0.0,
         }
@@ -80,8 +111,11 @@ class Admission:
         if scope["type"] != "http" or route_of(scope).kind not in GENERATION_KINDS:
             await self.app(scope, receive, send)
             return
+        exchange: Exchange | None = scope.get(SCOPE_KEY)
+        name = exchange.model if exchange is not None else None
+        model = canonical(name) if name else None
         started = time.monotonic()
-        receive = await self._enter(receive)
+        receive = await self._enter(receive, model, started)
         waited = time.monotonic() - started
         self._waits.append(waited)
         if self.on_wait is not None:
@@ -91,69 +125,158 @@ class Admission:
         finally:
             held = time.monotonic() - started - waited
             self._hold = 0.8 * self._hold + 0.2 * held
-            self._leave()
+            self._leave(model)
 
-    async def _enter(self, receive: Receive) -> Receive:
+    async def _enter(self, receive: Receive, model: str | None, started: float) -> Receive:
         """Take a place, waiting in the queue if need be; the ``receive`` to use after."""
-        if self.in_flight < self.max_concurrent and not self.queued:
-            self.in_flight += 1
-            self.admitted += 1
-            self._changed()
+        held_back = self._held_back(model, started, started)
+        # A free place with others queued: with affinity they are all held back, so one
+        # that is not may go first; in strict FIFO order, it may not.
+        free = self.in_flight < self.max_concurrent and (self.affinity or not self.queued)
+        if free and not held_back:
+            self.preferred += bool(self.queued)  # ahead of requests held back
+            self._take(model)
             return receive
         if self.queued >= self.max_queue:
+            if held_back and self.in_flight < self.max_concurrent:
+                self._take(model)  # no room to wait for the running model: go now
+                return receive
             self.refused += 1
             raise Overloaded(
                 f"Ollama is busy: {self.in_flight} generations running and {self.queued} "
                 f"waiting, the most this proxy queues (OSP_MAX_QUEUE)",
                 retry_after=self.retry_after(),
             )
-        waiter = asyncio.get_running_loop().create_future()
+        waiter = _Waiter(asyncio.get_running_loop().create_future(), model, started)
         self._queue.append(waiter)
         self._changed()
         # While queued, watch the client: one that leaves is taken out of the queue at once.
         held: list[Message] = []
         watcher = asyncio.ensure_future(_watch(receive, held))
         try:
-            done, _ = await asyncio.wait(
-                {waiter, watcher}, timeout=self.queue_timeout, return_when=asyncio.FIRST_COMPLETED
-            )
+            await self._wait(waiter, watcher)
         except BaseException:
             self._give_up(waiter)
-            watcher.cancel()
             raise
-        if waiter not in done:
-            self._give_up(waiter)
+        finally:
             watcher.cancel()
-            if watcher in done:
-                raise ClientDisconnected
-            self.refused += 1
-            raise Overloaded(
-                f"Ollama is busy: no place within {self.queue_timeout:g}s "
-                "(OSP_QUEUE_TIMEOUT, OSP_MAX_CONCURRENT)",
-                retry_after=self.retry_after(),
-            )
-        watcher.cancel()
-        self.admitted += 1
-        self._changed()
         return _replaying(held, receive)
 
-    def _give_up(self, waiter: asyncio.Future[None]) -> None:
-        if waiter.done() and not waiter.cancelled():
-            self._leave()  # handed a place at the last moment: pass it on
+    async def _wait(self, waiter: _Waiter, watcher: asyncio.Future[None]) -> None:
+        """Until ``waiter`` has a place: handed one by a request that leaves, or taking a free
+        one when it has been held back for ``affinity`` seconds. Raises when the client
+        leaves or ``queue_timeout`` passes."""
+        deadline = waiter.since + self.queue_timeout
+        held_until = waiter.since + self.affinity if self.affinity else 0.0
+        while True:
+            now = time.monotonic()
+            wake = min(deadline, held_until) if now < held_until else deadline
+            done, _ = await asyncio.wait(
+                {waiter.future, watcher},
+                timeout=max(0.0, wake - now),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if waiter.future in done:
+                return
+            if watcher in done:
+                raise ClientDisconnected
+            if time.monotonic() >= deadline:
+                self.refused += 1
+                raise Overloaded(
+                    f"Ollama is busy: no place within {self.queue_timeout:g}s "
+                    "(OSP_QUEUE_TIMEOUT, OSP_MAX_CONCURRENT)",
+                    retry_after=self.retry_after(),
+                )
+            if self.in_flight < self.max_concurrent:  # held back long enough: go
+                waiter.future.cancel()
+                with contextlib.suppress(ValueError):
+                    self._queue.remove(waiter)
+                self._take(waiter.model)
+                return
+
+    def _take(self, model: str | None) -> None:
+        """A new place for a request for ``model``."""
+        self.in_flight += 1
+        self._admit(model)
+
+    def _admit(self, model: str | None) -> None:
+        self.admitted += 1
+        if model is not None:
+            self._running[model] += 1
+        self._changed()
+
+    def _give_up(self, waiter: _Waiter) -> None:
+        if waiter.future.done() and not waiter.future.cancelled():
+            self._leave(waiter.model)  # handed a place at the last moment: pass it on
         else:
-            waiter.cancel()
+            waiter.future.cancel()
         with contextlib.suppress(ValueError):
             self._queue.remove(waiter)
         self._changed()
 
-    def _leave(self) -> None:
-        while self._queue:
-            waiter = self._queue.popleft()
-            if not waiter.done():
-                waiter.set_result(None)  # the place goes to the next in line
-                return
+    def _leave(self, model: str | None) -> None:
+        """A request for ``model`` gives its place up: to the next in line, or back."""
+        if model is not None:
+            self._running[model] -= 1
+            if not self._running[model]:
+                del self._running[model]
+            self._last = model
+        waiter = self._next()
+        if waiter is not None:
+            waiter.future.set_result(None)
+            self._admit(waiter.model)
+            return
         self.in_flight -= 1
         self._changed()
+
+    def _next(self) -> _Waiter | None:
+        """Who gets the place that freed, taken out of the queue.
+
+        First in first out, but with ``affinity``: first the earliest (within
+        ``LOOKAHEAD``) whose model is loaded, unless the first in line has waited
+        ``affinity`` seconds already; and nobody, while a request for another model would
+        make Ollama unload the one that runs (at most ``affinity`` seconds: each waiter
+        then takes a free place itself).
+        """
+        queue = self._queue
+        while queue and queue[0].future.done():
+            queue.popleft()
+        if not queue:
+            return None
+        if not self.affinity:
+            return queue.popleft()
+        now = time.monotonic()
+        head = queue[0]
+        candidates = [w for w in itertools.islice(queue, LOOKAHEAD) if not w.future.done()]
+        if not self._loaded(head.model) and now - head.since < self.affinity:
+            for waiter in candidates:
+                if waiter.model is not None and self._loaded(waiter.model):
+                    queue.remove(waiter)
+                    self.preferred += waiter is not head
+                    return waiter
+        for waiter in candidates:
+            if not self._held_back(waiter.model, waiter.since, now):
+                queue.remove(waiter)
+                return waiter
+        return None
+
+    def _loaded(self, model: str | None) -> bool:
+        """Whether Ollama surely has ``model`` loaded: one runs, or, none running, it ran
+        last."""
+        if model is None:
+            return False
+        return model in self._running if self._running else model == self._last
+
+    def _held_back(self, model: str | None, since: float, now: float) -> bool:
+        """Whether a request for ``model`` should wait (``affinity`` seconds at most, from
+        ``since``) because another model runs and Ollama would have to unload it."""
+        return bool(
+            self.affinity
+            and model is not None
+            and self._running
+            and model not in self._running
+            and now - since < self.affinity
+        )
 
 
 async def _watch(receive: Receive, held: list[Message]) -> None:

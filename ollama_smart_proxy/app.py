@@ -143,6 +143,7 @@ class SmartProxy:
                 max_concurrent=settings.max_concurrent,
                 max_queue=settings.max_queue,
                 queue_timeout=settings.queue_timeout,
+                affinity=settings.queue_affinity,
             )
             if settings.max_concurrent is not None
             else None

@@ -156,6 +156,12 @@ class Settings(BaseSettings):
     queue_timeout: float = Field(
         30.0, gt=0, description="Seconds a generation may wait in the queue before a 503."
     )
+    queue_affinity: float = Field(
+        0.0,
+        ge=0,
+        description="Seconds a queued generation may be passed over by later ones for a model "
+        "that is running or just ran, so alternating models do not make Ollama reload (0: FIFO).",
+    )
     shutdown_grace: float = Field(
         30.0, ge=0, description="Seconds streams may go on after SIGTERM before they are ended."
     )

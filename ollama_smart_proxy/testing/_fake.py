@@ -173,11 +173,16 @@ class FakeOllama:
     """An ASGI app that behaves like Ollama.
 
     ``FakeOllama(models=..., pullable=["llama3*"], reply=None, token_delay=0.0,
-    pull_delay=0.0, pull_errors={})``.
+    pull_delay=0.0, pull_errors={}, load_delay=0.0, max_loaded=None)``.
     Chat and generate echo the last user message (or prompt) token by token unless a
     reply is scripted with :meth:`script` or given as ``reply`` (a string, a
     ``FakeReply``, or a callable taking the request body). Every request is recorded in
     ``requests``; streams the client abandoned are recorded in ``disconnects``.
+
+    Loading can be made to cost what it costs a GPU: a model not loaded takes ``load_delay``
+    seconds to load (one load at a time), and with ``max_loaded`` models loaded the least
+    recently used idle one is unloaded first, waiting for its requests to finish if all are
+    busy, as Ollama's scheduler does when memory is short. ``loads`` counts the loads.
     """
 
     def __init__(
@@ -191,6 +196,8 @@ class FakeOllama:
         token_delay: float = 0.0,
         version: str = VERSION,
         embedding_dim: int = 16,
+        load_delay: float = 0.0,
+        max_loaded: int | None = None,
     ) -> None:
         source = DEFAULT_MODELS if models is None else models
         self.models: dict[str, FakeModel] = {}
@@ -211,6 +218,14 @@ class FakeOllama:
         self.requests: list[RecordedRequest] = []
         self.disconnects: list[RecordedRequest] = []
         self.loaded: dict[str, float] = {}
+        #: Seconds a model takes to load; how many may be loaded at once (None: any number).
+        self.load_delay = load_delay
+        self.max_loaded = max_loaded
+        #: Loads made, per model (short name).
+        self.loads: Counter[str] = Counter()
+        self._in_use: Counter[str] = Counter()
+        self._loading: anyio.Lock | None = None
+        self._released: anyio.Event | None = None
         self._script: deque[FakeReply] = deque()
         self._finished = 0
         #: Chat and generate requests being answered now, and the most there ever were.
@@ -591,11 +606,53 @@ class FakeOllama:
         if isinstance(top, int) and not 0 <= top <= 20:
             await _json(send, 400, {"error": "top_logprobs must be between 0 and 20"})
             return
-        self.loaded[model.name] = time.time() + 300
+        await self._load(model.name)
         if empty:
             await self._load_reply(kind, name, "load", send)
             return
+        self._in_use[model.name] += 1
+        try:
+            await self._generate_reply(kind, name, model, data, receive, send)
+        finally:
+            self._in_use[model.name] -= 1
+            if self._released is not None:
+                self._released.set()  # an unload waiting for an idle model may go on
+                self._released = None
 
+    async def _load(self, name: str) -> None:
+        """Load ``name`` if it is not loaded, as Ollama's scheduler would (see the class)."""
+        if self.load_delay or self.max_loaded is not None:
+            # One scheduler, first come first served: a request waiting for its model to
+            # load holds up the requests behind it, even those for a loaded model.
+            if self._loading is None:
+                self._loading = anyio.Lock()
+            async with self._loading:
+                while self.max_loaded is not None and name not in self.loaded:
+                    if len(self.loaded) < self.max_loaded:
+                        break
+                    idle = [m for m in self.loaded if not self._in_use[m]]
+                    if idle:
+                        del self.loaded[min(idle, key=self.loaded.__getitem__)]
+                        continue
+                    if self._released is None:
+                        self._released = anyio.Event()
+                    await self._released.wait()
+                if name not in self.loaded:
+                    await anyio.sleep(self.load_delay)
+                    self.loads[name] += 1
+        elif name not in self.loaded:
+            self.loads[name] += 1
+        self.loaded[name] = time.time() + 300  # also the least recently used order
+
+    async def _generate_reply(
+        self,
+        kind: str,
+        name: str,
+        model: FakeModel,
+        data: dict[str, Any],
+        receive: Receive,
+        send: Send,
+    ) -> None:
         reply = self._next_reply(data, kind, model)
         if reply.first_delay:
             await anyio.sleep(reply.first_delay)

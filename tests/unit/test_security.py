@@ -281,6 +281,88 @@ async def test_other_routes_are_never_held() -> None:
         assert health["in_flight"] == 1 and health["max_concurrent"] == 1
 
 
+async def test_without_affinity_the_queue_is_first_in_first_out() -> None:
+    fake = FakeOllama(load_delay=0.05, max_loaded=1)
+    _, client = make(fake, max_concurrent=1)
+    models = ["llama3.2", "qwen3", "llama3.2", "qwen3", "llama3.2"]
+
+    async with anyio.create_task_group() as group:
+        for model in models:
+            group.start_soon(post, client, {**CHAT, "model": model})
+            await anyio.sleep(0.01)  # arrive in this order
+    assert [r.json["model"] for r in fake.calls("/api/chat")] == models
+    assert sum(fake.loads.values()) == 5  # Ollama swapped models for every one
+
+
+async def alternate(client: httpx.AsyncClient, per_model: int) -> None:
+    """Six clients, three for each model, each sending ``per_model`` requests in turn."""
+
+    async def one(model: str) -> None:
+        for _ in range(per_model):
+            await post(client, {**CHAT, "model": model, "stream": True})
+
+    async with anyio.create_task_group() as group:
+        for model in ("llama3.2", "qwen3") * 3:
+            group.start_soon(one, model)
+
+
+@pytest.mark.parametrize("max_concurrent", [1, 2])
+async def test_affinity_serves_the_loaded_model_first_so_ollama_does_not_thrash(
+    max_concurrent: int,
+) -> None:
+    loads = {}
+    for affinity in (0.0, 5.0):
+        fake = FakeOllama(load_delay=0.05, max_loaded=1, token_delay=0.002)
+        proxy, client = make(fake, max_concurrent=max_concurrent, queue_affinity=affinity)
+        await alternate(client, per_model=4)
+        loads[affinity] = sum(fake.loads.values())
+        assert len(fake.calls("/api/chat")) == 24
+        assert fake.max_active <= max_concurrent
+        if affinity:
+            assert proxy.admission is not None and proxy.admission.preferred > 0
+    assert loads[0.0] >= 16  # strict FIFO: nearly every request makes Ollama swap models
+    assert loads[5.0] <= 4
+
+
+async def test_affinity_passes_a_request_over_for_at_most_its_seconds() -> None:
+    fake = FakeOllama(load_delay=0.05, max_loaded=1, token_delay=0.002)
+    _, client = make(fake, max_concurrent=1, queue_affinity=0.3)
+    finished: dict[str, float] = {}
+    busy = True
+
+    async def keep_llama_busy() -> None:
+        while busy:
+            await post(client, {**CHAT, "stream": True})
+
+    async with anyio.create_task_group() as group:
+        for _ in range(3):
+            group.start_soon(keep_llama_busy)
+        await anyio.sleep(0.1)
+        started = anyio.current_time()
+        await post(client, {**CHAT, "model": "qwen3"})
+        finished["qwen3"] = anyio.current_time() - started
+        busy = False
+    # Held back for 0.3 s, then the next place: never starved by the busy model.
+    assert 0.25 <= finished["qwen3"] < 2.0
+    assert fake.loads["qwen3:latest"] == 1
+
+
+async def test_affinity_lets_the_running_model_into_a_free_place_at_once() -> None:
+    fake = FakeOllama(load_delay=0.05, max_loaded=1)
+    fake.script(FakeReply(content="slow", first_delay=0.6))
+    proxy, client = make(fake, max_concurrent=2, queue_affinity=5.0)
+    async with anyio.create_task_group() as group:
+        group.start_soon(post, client, CHAT)  # llama3.2 runs
+        await anyio.sleep(0.1)
+        group.start_soon(post, client, {**CHAT, "model": "qwen3"})  # held back
+        await anyio.sleep(0.05)
+        assert proxy.admission is not None and proxy.admission.queued == 1
+        with anyio.fail_after(0.4):  # the second place is free: no wait for llama3.2
+            assert (await client.post("/api/chat", json=CHAT)).status_code == 200
+    assert [r.json["model"] for r in fake.calls("/api/chat")] == ["llama3.2", "llama3.2", "qwen3"]
+    assert proxy.admission.describe()["preferred"] == 1  # the second llama3.2 went first
+
+
 # -- CORS, metrics, Server-Timing ---------------------------------------------------------------
 
 

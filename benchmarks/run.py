@@ -2,6 +2,7 @@
 
     python -m benchmarks.run            # full run (a few minutes)
     python -m benchmarks.run --quick    # a few seconds: what CI runs
+    python -m benchmarks.run --repeat 3 --only C500 --only D500-openai   # medians of 3 rounds
 
 Three processes: the fast fake upstream (``benchmarks/fake_upstream.py``), the proxy
 (``python -m ollama_smart_proxy``), and the load generator (``benchmarks/loadgen.py``, one
@@ -19,6 +20,7 @@ import os
 import platform
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -280,6 +282,48 @@ def measure(
     return result
 
 
+#: The fields of a row that ``--repeat`` replaces by their median over the rounds.
+MEDIAN_FIELDS = (
+    "direct_req_per_s",
+    "proxy_req_per_s",
+    "ratio_req_per_s",
+    "ttfb_p50_added_ms",
+    "ttfb_p99_added_ms",
+    "total_p50_added_ms",
+    "proxy_cpu_s",
+    "proxy_cpu_per_request_ms",
+    "proxy_cpu_per_chunk_us",
+)
+#: The fields whose every round is kept in the row (``rounds``), to show the spread.
+ROUND_FIELDS = ("ratio_req_per_s", "proxy_req_per_s", "proxy_cpu_per_chunk_us")
+
+
+def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from the rounds of a scenario: the median of each measured field, the raw
+    load-generator output of the median round, every round's errors, the highest RSS."""
+    if len(runs) == 1:
+        return runs[0]
+    ordered = sorted(runs, key=lambda r: r["ratio_req_per_s"] or 0)
+    row = dict(ordered[len(ordered) // 2])
+    for name in MEDIAN_FIELDS:
+        values = [r[name] for r in runs if r[name] is not None]
+        row[name] = round(statistics.median(values), 4) if values else None
+    row["proxy"] = {**row["proxy"], "errors": sum(r["proxy"]["errors"] for r in runs)}
+    row["proxy_rss_peak_mib"] = max(r["proxy_rss_peak_mib"] for r in runs)
+    row["rounds"] = {name: [r[name] for r in runs] for name in ROUND_FIELDS}
+    return row
+
+
+def paired_median(row: dict[str, Any], base: dict[str, Any], name: str) -> float:
+    """``row[name] / base[name]``, from the rounds of both when there are several: the
+    median of the ratios of the same round, which a machine that slows down for a while
+    moves far less than the ratio of two medians."""
+    mine, theirs = row.get("rounds", {}).get(name), base.get("rounds", {}).get(name)
+    if mine and theirs and len(mine) == len(theirs):
+        return statistics.median(a / b for a, b in zip(mine, theirs, strict=True) if b)
+    return row[name] / base[name] if base[name] else 0.0
+
+
 def plot(results: dict[str, Any], path: Path) -> bool:
     try:
         import matplotlib
@@ -351,10 +395,8 @@ def table(results: dict[str, Any]) -> str:
         lines.append("| dialect | CPU/chunk vs native | throughput vs native |")
         lines.append("|---|---|---|")
         for r in translated:
-            cpu = r["proxy_cpu_per_chunk_us"] / native["proxy_cpu_per_chunk_us"]
-            rate = (
-                r["proxy_req_per_s"] / native["proxy_req_per_s"] if native["proxy_req_per_s"] else 0
-            )
+            cpu = paired_median(r, native, "proxy_cpu_per_chunk_us")
+            rate = paired_median(r, native, "proxy_req_per_s")
             lines.append(f"| {r['key']} | {cpu:.2f}x | {rate:.2f}x |")
     memory = results["memory"]
     lines.append("")
@@ -374,6 +416,10 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None, help="JSON output (default: results/)")
     parser.add_argument("--proxy-args", default="", help="extra launcher flags")
     parser.add_argument("--only", action="append", default=[], help="run only these scenarios")
+    parser.add_argument(
+        "--repeat", type=int, default=1,
+        help="rounds of every scenario; each row is then the median of its rounds",
+    )  # fmt: skip
     parser.add_argument(
         "--impl", choices=["auto", "go", "python"], default="auto",
         help="fake upstream and load generator: Go (fast; needs a Go toolchain) or Python",
@@ -404,19 +450,23 @@ def main() -> int:
         pid = processes[1].pid
         time.sleep(0.5)
         idle = rss_mib(pid)
-        rows = []
-        for scenario in scenarios(args.quick):
-            if args.only and scenario.key not in args.only:
-                continue
-            row = measure(scenario, upstream, proxy, pid, 0.0 if args.quick else 2.0)
-            rows.append(row)
-            print(
-                f"{row['key']:<14} ratio {row['ratio_req_per_s']:.3f}  "
-                f"ttfb p50 +{row['ttfb_p50_added_ms']:.2f} ms  "
-                f"cpu/req {row['proxy_cpu_per_request_ms']:.3f} ms  "
-                f"cpu/chunk {row['proxy_cpu_per_chunk_us']:.1f} us  errors {row['proxy']['errors']}",
-                flush=True,
-            )
+        chosen = [s for s in scenarios(args.quick) if not args.only or s.key in args.only]
+        runs: dict[str, list[dict[str, Any]]] = {s.key: [] for s in chosen}
+        # Round after round of every scenario, so a slow spell of the machine touches all.
+        for round_number in range(1, args.repeat + 1):
+            for scenario in chosen:
+                row = measure(scenario, upstream, proxy, pid, 0.0 if args.quick else 2.0)
+                runs[scenario.key].append(row)
+                prefix = f"[{round_number}/{args.repeat}] " if args.repeat > 1 else ""
+                print(
+                    f"{prefix}{row['key']:<14} ratio {row['ratio_req_per_s']:.3f}  "
+                    f"ttfb p50 +{row['ttfb_p50_added_ms']:.2f} ms  "
+                    f"cpu/req {row['proxy_cpu_per_request_ms']:.3f} ms  "
+                    f"cpu/chunk {row['proxy_cpu_per_chunk_us']:.1f} us  "
+                    f"errors {row['proxy']['errors']}",
+                    flush=True,
+                )
+        rows = [combine(runs[s.key]) for s in chosen]
         soak_requests = 2000 if args.quick else 20000
         before = rss_mib(pid)
         loadgen(
@@ -428,6 +478,7 @@ def main() -> int:
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
             "upstream_and_loadgen": IMPL["name"],
             "quick": args.quick,
+            "repeat": args.repeat,
             "date": time.strftime("%Y-%m-%d %H:%M:%S"),
             "scenarios": rows,
             "memory": {
@@ -449,8 +500,8 @@ def main() -> int:
     out.write_text(json.dumps(results, indent=2) + "\n")
     print()
     print(table(results))
-    if not args.quick and plot(results, RESULTS / f"{name}.png"):
-        print(f"\nplot: {RESULTS / f'{name}.png'}")
+    if not args.quick and plot(results, out.with_suffix(".png")):
+        print(f"\nplot: {out.with_suffix('.png')}")
     print(f"results: {out}")
     errors = sum(r["proxy"]["errors"] for r in rows)
     return 1 if errors else 0

@@ -228,21 +228,47 @@ def encode(encoder: Any, chunks: list[Chunk]) -> bytes:
     return b"".join(encoder.encode(chunk) for chunk in chunks) + encoder.end()
 
 
+def responses_both(chunks: list[Chunk]) -> tuple[Any, Any]:
+    """What the openai SDK parses from the chunks encoded streaming, and not streaming (the
+    encoder folds the same chunks into one answer itself)."""
+    ANSWERS[:] = [
+        encode(ResponsesEncoder(ResponsesOptions(model="m", stream=True)), chunks),
+        encode(ResponsesEncoder(ResponsesOptions(model="m", stream=False)), chunks),
+    ]
+    with OPENAI.responses.stream(model="m", input="x") as stream:
+        final = stream.get_final_response()
+    return final, OPENAI.responses.create(model="m", input="x")
+
+
+def anthropic_both(chunks: list[Chunk]) -> tuple[Any, Any]:
+    """The same for the anthropic SDK."""
+    ANSWERS[:] = [
+        encode(MessagesEncoder(MessagesOptions(model="m", stream=True)), chunks),
+        encode(MessagesEncoder(MessagesOptions(model="m", stream=False)), chunks),
+    ]
+    args: dict[str, Any] = {
+        "model": "m",
+        "max_tokens": 5,
+        "messages": [{"role": "user", "content": "x"}],
+    }
+    with ANTHROPIC.messages.stream(**args) as stream:
+        final = stream.get_final_message()
+    return final, ANTHROPIC.messages.create(**args)
+
+
+def anthropic_answer(message: Any) -> tuple[str, str, list[Any]]:
+    texts = "".join(b.text for b in message.content if b.type == "text")
+    thoughts = "".join(b.thinking for b in message.content if b.type == "thinking")
+    uses = [(b.name, b.input) for b in message.content if b.type == "tool_use"]
+    return texts, thoughts, uses
+
+
 @settings(max_examples=40, deadline=None)
 @given(thinking=pieces, content=pieces, tool_calls=calls)
 def test_responses_stream_and_whole_parse_alike(
     thinking: list[str], content: list[str], tool_calls: list[tuple[str, dict[str, Any]]]
 ) -> None:
-    chunks = native(thinking, content, tool_calls)
-    streamed = encode(ResponsesEncoder(ResponsesOptions(model="m", stream=True)), chunks)
-    # Not streaming, the encoder folds the same chunks into one answer itself.
-    whole = encode(ResponsesEncoder(ResponsesOptions(model="m", stream=False)), chunks)
-
-    ANSWERS[:] = [streamed, whole]
-    client = OPENAI
-    with client.responses.stream(model="m", input="x") as stream:
-        final = stream.get_final_response()
-    once = client.responses.create(model="m", input="x")
+    final, once = responses_both(native(thinking, content, tool_calls))
     assert final.output_text == once.output_text == "".join(content)
     streamed_calls = [
         (i.name, json.loads(i.arguments)) for i in final.output if i.type == "function_call"
@@ -258,28 +284,9 @@ def test_responses_stream_and_whole_parse_alike(
 def test_anthropic_stream_and_whole_parse_alike(
     thinking: list[str], content: list[str], tool_calls: list[tuple[str, dict[str, Any]]]
 ) -> None:
-    chunks = native(thinking, content, tool_calls)
-    streamed = encode(MessagesEncoder(MessagesOptions(model="m", stream=True)), chunks)
-    whole = encode(MessagesEncoder(MessagesOptions(model="m", stream=False)), chunks)
-
-    ANSWERS[:] = [streamed, whole]
-    client = ANTHROPIC
-    args: dict[str, Any] = {
-        "model": "m",
-        "max_tokens": 5,
-        "messages": [{"role": "user", "content": "x"}],
-    }
-    with client.messages.stream(**args) as stream:
-        final = stream.get_final_message()
-    once = client.messages.create(**args)
-
-    def answer(message: Any) -> tuple[str, str, list[Any]]:
-        texts = "".join(b.text for b in message.content if b.type == "text")
-        thoughts = "".join(b.thinking for b in message.content if b.type == "thinking")
-        uses = [(b.name, b.input) for b in message.content if b.type == "tool_use"]
-        return texts, thoughts, uses
-
-    assert answer(final) == answer(once) == ("".join(content), "".join(thinking), tool_calls)
+    final, once = anthropic_both(native(thinking, content, tool_calls))
+    expected = ("".join(content), "".join(thinking), tool_calls)
+    assert anthropic_answer(final) == anthropic_answer(once) == expected
     assert final.stop_reason == once.stop_reason == ("tool_use" if tool_calls else "end_turn")
 
 
@@ -328,14 +335,7 @@ def expected(messages: list[dict[str, Any]]) -> tuple[str, str, list[Any]]:
 @settings(max_examples=40, deadline=None)
 @given(messages=mixed)
 def test_responses_mixed_chunks_lose_nothing(messages: list[dict[str, Any]]) -> None:
-    chunks = mixed_chunks(messages)
-    ANSWERS[:] = [
-        encode(ResponsesEncoder(ResponsesOptions(model="m", stream=True)), chunks),
-        encode(ResponsesEncoder(ResponsesOptions(model="m", stream=False)), chunks),
-    ]
-    with OPENAI.responses.stream(model="m", input="x") as stream:
-        final = stream.get_final_response()
-    once = OPENAI.responses.create(model="m", input="x")
+    final, once = responses_both(mixed_chunks(messages))
 
     def answer(response: Any) -> tuple[str, str, list[Any]]:
         thoughts = "".join(
@@ -352,24 +352,5 @@ def test_responses_mixed_chunks_lose_nothing(messages: list[dict[str, Any]]) -> 
 @settings(max_examples=40, deadline=None)
 @given(messages=mixed)
 def test_anthropic_mixed_chunks_lose_nothing(messages: list[dict[str, Any]]) -> None:
-    chunks = mixed_chunks(messages)
-    ANSWERS[:] = [
-        encode(MessagesEncoder(MessagesOptions(model="m", stream=True)), chunks),
-        encode(MessagesEncoder(MessagesOptions(model="m", stream=False)), chunks),
-    ]
-    args: dict[str, Any] = {
-        "model": "m",
-        "max_tokens": 5,
-        "messages": [{"role": "user", "content": "x"}],
-    }
-    with ANTHROPIC.messages.stream(**args) as stream:
-        final = stream.get_final_message()
-    once = ANTHROPIC.messages.create(**args)
-
-    def answer(message: Any) -> tuple[str, str, list[Any]]:
-        texts = "".join(b.text for b in message.content if b.type == "text")
-        thoughts = "".join(b.thinking for b in message.content if b.type == "thinking")
-        uses = [(b.name, b.input) for b in message.content if b.type == "tool_use"]
-        return texts, thoughts, uses
-
-    assert answer(final) == answer(once) == expected(messages)
+    final, once = anthropic_both(mixed_chunks(messages))
+    assert anthropic_answer(final) == anthropic_answer(once) == expected(messages)

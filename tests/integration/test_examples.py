@@ -10,11 +10,14 @@ import time
 from pathlib import Path
 from types import ModuleType
 
+import anyio
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
 from ollama_smart_proxy import Settings, SmartProxy
+from ollama_smart_proxy.testing import FakeOllama
+from tests.conftest import upstream
 from tests.unit.test_cli import free_port
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
@@ -128,3 +131,25 @@ async def test_single_agent_example(monkeypatch: pytest.MonkeyPatch) -> None:
             },
         )
     assert reply.json()["message"]["content"] == "mail [hidden] now"
+
+
+@pytest.mark.anyio
+async def test_one_gpu_config_example() -> None:
+    """The one-GPU config loads, and its affinity keeps a one-model GPU from reloading."""
+    settings = Settings(config=EXAMPLES / "one-gpu.toml")
+    assert (settings.max_concurrent, settings.queue_affinity) == (1, 10)
+    assert settings.aliases["claude-sonnet-5"] == "qwen3"
+    fake = FakeOllama(load_delay=0.05, max_loaded=1)
+    proxy = SmartProxy(settings.model_copy(update={"preload": []}), transport=upstream(fake))
+    async with LifespanManager(proxy) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as client:
+
+            async def chat(model: str) -> None:
+                response = await client.post("/api/chat", json={**CHAT, "model": model})
+                assert response.status_code == 200, response.text
+
+            async with anyio.create_task_group() as group:
+                for model in ["llama3.2", "qwen3"] * 4:
+                    group.start_soon(chat, model)
+    assert sum(fake.loads.values()) == 2  # one load per model, not one per request

@@ -139,7 +139,7 @@ async def test_one_gpu_config_example() -> None:
     settings = Settings(config=EXAMPLES / "one-gpu.toml")
     assert (settings.max_concurrent, settings.queue_affinity) == (1, 10)
     assert settings.aliases["claude-sonnet-5"] == "qwen3"
-    fake = FakeOllama(load_delay=0.05, max_loaded=1)
+    fake = FakeOllama(load_delay=0.2, max_loaded=1)  # all 8 are queued before the 1st ends
     proxy = SmartProxy(settings.model_copy(update={"preload": []}), transport=upstream(fake))
     async with LifespanManager(proxy) as manager:
         transport = httpx.ASGITransport(app=manager.app)

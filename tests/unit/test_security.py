@@ -281,15 +281,24 @@ async def test_other_routes_are_never_held() -> None:
         assert health["in_flight"] == 1 and health["max_concurrent"] == 1
 
 
+async def until(predicate: Any) -> None:
+    """Wait for the proxy to reach a state (a loaded machine may take any time to get there)."""
+    with anyio.fail_after(5):
+        while not predicate():
+            await anyio.sleep(0.002)
+
+
 async def test_without_affinity_the_queue_is_first_in_first_out() -> None:
     fake = FakeOllama(load_delay=0.05, max_loaded=1)
-    _, client = make(fake, max_concurrent=1)
+    proxy, client = make(fake, max_concurrent=1)
+    admission = proxy.admission
+    assert admission is not None
     models = ["llama3.2", "qwen3", "llama3.2", "qwen3", "llama3.2"]
 
     async with anyio.create_task_group() as group:
-        for model in models:
+        for arrived, model in enumerate(models, 1):
             group.start_soon(post, client, {**CHAT, "model": model})
-            await anyio.sleep(0.01)  # arrive in this order
+            await until(lambda n=arrived: admission.admitted + admission.queued == n)
     assert [r.json["model"] for r in fake.calls("/api/chat")] == models
     assert sum(fake.loads.values()) == 5  # Ollama swapped models for every one
 
@@ -351,16 +360,18 @@ async def test_affinity_lets_the_running_model_into_a_free_place_at_once() -> No
     fake = FakeOllama(load_delay=0.05, max_loaded=1)
     fake.script(FakeReply(content="slow", first_delay=0.6))
     proxy, client = make(fake, max_concurrent=2, queue_affinity=5.0)
+    admission = proxy.admission
+    assert admission is not None
     async with anyio.create_task_group() as group:
         group.start_soon(post, client, CHAT)  # llama3.2 runs
-        await anyio.sleep(0.1)
+        await until(lambda: admission.in_flight == 1)
         group.start_soon(post, client, {**CHAT, "model": "qwen3"})  # held back
-        await anyio.sleep(0.05)
-        assert proxy.admission is not None and proxy.admission.queued == 1
-        with anyio.fail_after(0.4):  # the second place is free: no wait for llama3.2
+        await until(lambda: admission.queued == 1)
+        assert admission.in_flight == 1  # a place is free, and qwen3 does not take it
+        with anyio.fail_after(0.5):  # the free place, at once: no wait for llama3.2 to end
             assert (await client.post("/api/chat", json=CHAT)).status_code == 200
     assert [r.json["model"] for r in fake.calls("/api/chat")] == ["llama3.2", "llama3.2", "qwen3"]
-    assert proxy.admission.describe()["preferred"] == 1  # the second llama3.2 went first
+    assert admission.describe()["preferred"] == 1  # the second llama3.2 went first
 
 
 # -- CORS, metrics, Server-Timing ---------------------------------------------------------------

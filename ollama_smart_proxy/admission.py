@@ -78,6 +78,8 @@ class Admission:
         self.on_wait: Callable[[float], None] | None = None
         #: Called with (in flight, queued) when either changes (metrics).
         self.on_change: Callable[[int, int], None] | None = None
+        #: Called when a request goes ahead of an earlier one for another model (metrics).
+        self.on_preferred: Callable[[], None] | None = None
 
     def _changed(self) -> None:
         if self.on_change is not None:
@@ -134,7 +136,8 @@ class Admission:
         # that is not may go first; in strict FIFO order, it may not.
         free = self.in_flight < self.max_concurrent and (self.affinity or not self.queued)
         if free and not held_back:
-            self.preferred += bool(self.queued)  # ahead of requests held back
+            if self.queued:  # ahead of requests held back
+                self._preferred()
             self._take(model)
             return receive
         if self.queued >= self.max_queue:
@@ -252,13 +255,19 @@ class Admission:
             for waiter in candidates:
                 if waiter.model is not None and self._loaded(waiter.model):
                     queue.remove(waiter)
-                    self.preferred += waiter is not head
+                    if waiter is not head:
+                        self._preferred()
                     return waiter
         for waiter in candidates:
             if not self._held_back(waiter.model, waiter.since, now):
                 queue.remove(waiter)
                 return waiter
         return None
+
+    def _preferred(self) -> None:
+        self.preferred += 1
+        if self.on_preferred is not None:
+            self.on_preferred()
 
     def _loaded(self, model: str | None) -> bool:
         """Whether Ollama surely has ``model`` loaded: one runs, or, none running, it ran

@@ -151,6 +151,7 @@ class SmartProxy:
         if self.admission is not None and self.metrics is not None:
             self.admission.on_change = self.metrics.queue_changed
             self.admission.on_wait = self.metrics.waited
+            self.admission.on_preferred = self.metrics.preferred
         self.loader = ModelLoader(
             self.admission or self.upstream,
             aliases=settings.aliases,

@@ -119,6 +119,11 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.queue_preferred = Counter(
+            "osp_queue_preferred_total",
+            "Generations that went ahead of earlier ones for another model (queue_affinity).",
+            registry=registry,
+        )
         self.pulls = Counter(
             "osp_pulls_total", "Automatic pulls, by result.", ["result"], registry=registry
         )
@@ -154,6 +159,9 @@ class Metrics:
 
     def waited(self, seconds: float) -> None:
         self.queue_wait.observe(seconds)
+
+    def preferred(self) -> None:
+        self.queue_preferred.inc()
 
     def pulled(self, model: str, result: str) -> None:
         self.pulls.labels(result).inc()

@@ -372,6 +372,8 @@ async def test_affinity_lets_the_running_model_into_a_free_place_at_once() -> No
             assert (await client.post("/api/chat", json=CHAT)).status_code == 200
     assert [r.json["model"] for r in fake.calls("/api/chat")] == ["llama3.2", "llama3.2", "qwen3"]
     assert admission.describe()["preferred"] == 1  # the second llama3.2 went first
+    metrics = (await client.get("/metrics")).text
+    assert "osp_queue_preferred_total 1.0" in metrics
 
 
 # -- CORS, metrics, Server-Timing ---------------------------------------------------------------

@@ -376,6 +376,25 @@ async def test_affinity_lets_the_running_model_into_a_free_place_at_once() -> No
     assert "osp_queue_preferred_total 1.0" in metrics
 
 
+async def test_a_client_held_back_for_affinity_that_leaves_never_reaches_ollama() -> None:
+    from ollama_smart_proxy.testing import StreamingASGITransport
+
+    fake = FakeOllama()
+    fake.script(FakeReply(content="slow", first_delay=0.5))
+    proxy, client = make(fake, max_concurrent=2, queue_affinity=5.0)
+    admission = proxy.admission
+    assert admission is not None
+    leaving = httpx.AsyncClient(transport=StreamingASGITransport(proxy), base_url="http://p")
+    async with anyio.create_task_group() as group:
+        group.start_soon(post, client, CHAT)  # llama3.2 runs
+        await until(lambda: admission.in_flight == 1)
+        with anyio.move_on_after(0.2):  # held back behind llama3.2, then gone
+            await leaving.post("/api/chat", json={**CHAT, "model": "qwen3"})
+        await until(lambda: admission.queued == 0)
+    assert [r.json["model"] for r in fake.calls("/api/chat")] == ["llama3.2"]
+    assert admission.in_flight == 0
+
+
 # -- CORS, metrics, Server-Timing ---------------------------------------------------------------
 
 

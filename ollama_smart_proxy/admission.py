@@ -210,20 +210,22 @@ class Admission:
 
     def _give_up(self, waiter: _Waiter) -> None:
         if waiter.future.done() and not waiter.future.cancelled():
-            self._leave(waiter.model)  # handed a place at the last moment: pass it on
+            self._leave(waiter.model, ran=False)  # handed a place at the last moment: pass it on
         else:
             waiter.future.cancel()
         with contextlib.suppress(ValueError):
             self._queue.remove(waiter)
         self._changed()
 
-    def _leave(self, model: str | None) -> None:
-        """A request for ``model`` gives its place up: to the next in line, or back."""
+    def _leave(self, model: str | None, *, ran: bool = True) -> None:
+        """A request for ``model`` gives its place up: to the next in line, or back. (One
+        that never ran says so: Ollama has not loaded its model for it.)"""
         if model is not None:
             self._running[model] -= 1
             if not self._running[model]:
                 del self._running[model]
-            self._last = model
+            if ran:
+                self._last = model
         waiter = self._next()
         if waiter is not None:
             waiter.future.set_result(None)

@@ -64,7 +64,13 @@ def section(results: dict[str, Any]) -> str:
          a50["proxy"]["total_p99_ms"] < 10_000),
     ]  # fmt: skip
     lines = [
-        f"A full run of {results['date']} on the project's machine ({results['machine']}; "
+        f"A full run of {results['date']}"
+        + (
+            f" (each row the median of {results['repeat']} rounds)"
+            if results.get("repeat", 1) > 1
+            else ""
+        )
+        + f" on the project's machine ({results['machine']}; "
         f"the proxy, the {tools} fake upstream and the {tools} load generator share the cores; "
         "uvloop, httptools, orjson):",
         "",

@@ -176,6 +176,13 @@ def test_bad_key_settings_are_refused() -> None:
 # -- admission ---------------------------------------------------------------------------------
 
 
+async def until(predicate: Any) -> None:
+    """Wait for the proxy to reach a state (a loaded machine may take any time to get there)."""
+    with anyio.fail_after(5):
+        while not predicate():
+            await anyio.sleep(0.002)
+
+
 async def post(client: httpx.AsyncClient, body: dict[str, Any]) -> None:
     await client.post("/api/chat", json=body)
 
@@ -207,7 +214,9 @@ async def test_a_full_queue_answers_503_with_retry_after_at_once() -> None:
     fake.script(
         FakeReply(content="slow", first_delay=0.5), FakeReply(content="slow", first_delay=0.5)
     )
-    _, client = make(fake, max_concurrent=1, max_queue=1)
+    proxy, client = make(fake, max_concurrent=1, max_queue=1)
+    admission = proxy.admission
+    assert admission is not None
     results: list[httpx.Response] = []
 
     async def one(path: str) -> None:
@@ -215,9 +224,9 @@ async def test_a_full_queue_answers_503_with_retry_after_at_once() -> None:
 
     async with anyio.create_task_group() as group:
         group.start_soon(one, "/api/chat")
-        await anyio.sleep(0.05)
+        await until(lambda: admission.in_flight == 1)
         group.start_soon(one, "/api/chat")  # queued
-        await anyio.sleep(0.05)
+        await until(lambda: admission.queued == 1)
         started = anyio.current_time()
         refused = await client.post("/v1/chat/completions", json=CHAT)
         assert anyio.current_time() - started < 0.3  # at once, not after a wait
@@ -231,10 +240,12 @@ async def test_a_full_queue_answers_503_with_retry_after_at_once() -> None:
 async def test_a_wait_past_queue_timeout_is_a_503() -> None:
     fake = FakeOllama()
     fake.script(FakeReply(content="slow", first_delay=1.0))
-    _, client = make(fake, max_concurrent=1, queue_timeout=0.2)
+    proxy, client = make(fake, max_concurrent=1, queue_timeout=0.2)
+    admission = proxy.admission
+    assert admission is not None
     async with anyio.create_task_group() as group:
         group.start_soon(post, client, CHAT)
-        await anyio.sleep(0.05)
+        await until(lambda: admission.in_flight == 1)
         waited = await client.post("/api/chat", json=CHAT)
     assert waited.status_code == 503
     assert "no place within 0.2s" in waited.json()["error"]
@@ -248,13 +259,14 @@ async def test_a_client_that_leaves_the_queue_never_reaches_ollama() -> None:
     from ollama_smart_proxy.testing import StreamingASGITransport
 
     leaving = httpx.AsyncClient(transport=StreamingASGITransport(proxy), base_url="http://p")
+    admission = proxy.admission
+    assert admission is not None
     async with anyio.create_task_group() as group:
         group.start_soon(post, client, CHAT)
-        await anyio.sleep(0.05)
+        await until(lambda: admission.in_flight == 1)
         with anyio.move_on_after(0.1):
             await leaving.post("/api/chat", json={**CHAT, "model": "qwen3"})
-        await anyio.sleep(0.05)
-        assert proxy.admission is not None and proxy.admission.queued == 0
+        await until(lambda: admission.queued == 0)
     await anyio.sleep(0.7)
     assert [r.json["model"] for r in fake.calls("/api/chat")] == ["llama3.2"]
 
@@ -262,10 +274,12 @@ async def test_a_client_that_leaves_the_queue_never_reaches_ollama() -> None:
 async def test_other_routes_are_never_held() -> None:
     fake = FakeOllama()
     fake.script(FakeReply(content="slow", first_delay=0.5))
-    _, client = make(fake, max_concurrent=1, max_queue=0)
+    proxy, client = make(fake, max_concurrent=1, max_queue=0)
+    admission = proxy.admission
+    assert admission is not None
     async with anyio.create_task_group() as group:
         group.start_soon(post, client, CHAT)
-        await anyio.sleep(0.05)
+        await until(lambda: admission.in_flight == 1)
         with anyio.fail_after(0.4):
             for method, path, body in (
                 ("GET", "/api/tags", None),
@@ -279,13 +293,6 @@ async def test_other_routes_are_never_held() -> None:
                 assert response.status_code == 200, path
         health = (await client.get("/health")).json()["admission"]
         assert health["in_flight"] == 1 and health["max_concurrent"] == 1
-
-
-async def until(predicate: Any) -> None:
-    """Wait for the proxy to reach a state (a loaded machine may take any time to get there)."""
-    with anyio.fail_after(5):
-        while not predicate():
-            await anyio.sleep(0.002)
 
 
 async def test_without_affinity_the_queue_is_first_in_first_out() -> None:

@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ollama_smart_proxy import Settings, SmartProxy
-from ollama_smart_proxy.testing import FakeOllama, FakeReply
+from ollama_smart_proxy.admission import Admission
+from ollama_smart_proxy.testing import FakeOllama, FakeReply, StreamingASGITransport
 from tests.conftest import upstream
 
 pytestmark = pytest.mark.anyio
@@ -32,6 +33,13 @@ def make(fake: FakeOllama, **options: Any) -> tuple[SmartProxy, httpx.AsyncClien
         transport=httpx.ASGITransport(app=proxy), base_url="http://p", timeout=20
     )
     return proxy, client
+
+
+def queueing(fake: FakeOllama, **options: Any) -> tuple[SmartProxy, httpx.AsyncClient, Admission]:
+    """``make`` with ``max_concurrent`` among the options, and the admission layer it built."""
+    proxy, client = make(fake, **options)
+    assert proxy.admission is not None
+    return proxy, client, proxy.admission
 
 
 def keyed(fake: FakeOllama, **options: Any) -> tuple[SmartProxy, httpx.AsyncClient]:
@@ -214,9 +222,7 @@ async def test_a_full_queue_answers_503_with_retry_after_at_once() -> None:
     fake.script(
         FakeReply(content="slow", first_delay=0.5), FakeReply(content="slow", first_delay=0.5)
     )
-    proxy, client = make(fake, max_concurrent=1, max_queue=1)
-    admission = proxy.admission
-    assert admission is not None
+    proxy, client, admission = queueing(fake, max_concurrent=1, max_queue=1)
     results: list[httpx.Response] = []
 
     async def one(path: str) -> None:
@@ -240,9 +246,7 @@ async def test_a_full_queue_answers_503_with_retry_after_at_once() -> None:
 async def test_a_wait_past_queue_timeout_is_a_503() -> None:
     fake = FakeOllama()
     fake.script(FakeReply(content="slow", first_delay=1.0))
-    proxy, client = make(fake, max_concurrent=1, queue_timeout=0.2)
-    admission = proxy.admission
-    assert admission is not None
+    proxy, client, admission = queueing(fake, max_concurrent=1, queue_timeout=0.2)
     async with anyio.create_task_group() as group:
         group.start_soon(post, client, CHAT)
         await until(lambda: admission.in_flight == 1)
@@ -255,12 +259,8 @@ async def test_a_wait_past_queue_timeout_is_a_503() -> None:
 async def test_a_client_that_leaves_the_queue_never_reaches_ollama() -> None:
     fake = FakeOllama()
     fake.script(FakeReply(content="slow", first_delay=0.6))
-    proxy, client = make(fake, max_concurrent=1)
-    from ollama_smart_proxy.testing import StreamingASGITransport
-
+    proxy, client, admission = queueing(fake, max_concurrent=1)
     leaving = httpx.AsyncClient(transport=StreamingASGITransport(proxy), base_url="http://p")
-    admission = proxy.admission
-    assert admission is not None
     async with anyio.create_task_group() as group:
         group.start_soon(post, client, CHAT)
         await until(lambda: admission.in_flight == 1)
@@ -274,9 +274,7 @@ async def test_a_client_that_leaves_the_queue_never_reaches_ollama() -> None:
 async def test_other_routes_are_never_held() -> None:
     fake = FakeOllama()
     fake.script(FakeReply(content="slow", first_delay=0.5))
-    proxy, client = make(fake, max_concurrent=1, max_queue=0)
-    admission = proxy.admission
-    assert admission is not None
+    proxy, client, admission = queueing(fake, max_concurrent=1, max_queue=0)
     async with anyio.create_task_group() as group:
         group.start_soon(post, client, CHAT)
         await until(lambda: admission.in_flight == 1)
@@ -297,9 +295,7 @@ async def test_other_routes_are_never_held() -> None:
 
 async def test_without_affinity_the_queue_is_first_in_first_out() -> None:
     fake = FakeOllama(load_delay=0.05, max_loaded=1)
-    proxy, client = make(fake, max_concurrent=1)
-    admission = proxy.admission
-    assert admission is not None
+    proxy, client, admission = queueing(fake, max_concurrent=1)
     models = ["llama3.2", "qwen3", "llama3.2", "qwen3", "llama3.2"]
 
     async with anyio.create_task_group() as group:
@@ -329,13 +325,15 @@ async def test_affinity_serves_the_loaded_model_first_so_ollama_does_not_thrash(
     loads = {}
     for affinity in (0.0, 5.0):
         fake = FakeOllama(load_delay=0.05, max_loaded=1, token_delay=0.002)
-        proxy, client = make(fake, max_concurrent=max_concurrent, queue_affinity=affinity)
+        _, client, admission = queueing(
+            fake, max_concurrent=max_concurrent, queue_affinity=affinity
+        )
         await alternate(client, per_model=4)
         loads[affinity] = sum(fake.loads.values())
         assert len(fake.calls("/api/chat")) == 24
         assert fake.max_active <= max_concurrent
         if affinity:
-            assert proxy.admission is not None and proxy.admission.preferred > 0
+            assert admission.preferred > 0
     assert loads[0.0] >= 16  # strict FIFO: nearly every request makes Ollama swap models
     assert loads[5.0] <= 4
 
@@ -366,9 +364,7 @@ async def test_affinity_passes_a_request_over_for_at_most_its_seconds() -> None:
 async def test_affinity_lets_the_running_model_into_a_free_place_at_once() -> None:
     fake = FakeOllama(load_delay=0.05, max_loaded=1)
     fake.script(FakeReply(content="slow", first_delay=0.6))
-    proxy, client = make(fake, max_concurrent=2, queue_affinity=5.0)
-    admission = proxy.admission
-    assert admission is not None
+    proxy, client, admission = queueing(fake, max_concurrent=2, queue_affinity=5.0)
     async with anyio.create_task_group() as group:
         group.start_soon(post, client, CHAT)  # llama3.2 runs
         await until(lambda: admission.in_flight == 1)
@@ -384,13 +380,9 @@ async def test_affinity_lets_the_running_model_into_a_free_place_at_once() -> No
 
 
 async def test_a_client_held_back_for_affinity_that_leaves_never_reaches_ollama() -> None:
-    from ollama_smart_proxy.testing import StreamingASGITransport
-
     fake = FakeOllama()
     fake.script(FakeReply(content="slow", first_delay=0.5))
-    proxy, client = make(fake, max_concurrent=2, queue_affinity=5.0)
-    admission = proxy.admission
-    assert admission is not None
+    proxy, client, admission = queueing(fake, max_concurrent=2, queue_affinity=5.0)
     leaving = httpx.AsyncClient(transport=StreamingASGITransport(proxy), base_url="http://p")
     async with anyio.create_task_group() as group:
         group.start_soon(post, client, CHAT)  # llama3.2 runs

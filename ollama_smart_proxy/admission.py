@@ -132,21 +132,22 @@ class Admission:
     async def _enter(self, receive: Receive, model: str | None, started: float) -> Receive:
         """Take a place, waiting in the queue if need be; the ``receive`` to use after."""
         held_back = self._held_back(model, started, started)
+        queued = self.queued
+        place = self.in_flight < self.max_concurrent
         # A free place with others queued: with affinity they are all held back, so one
         # that is not may go first; in strict FIFO order, it may not.
-        free = self.in_flight < self.max_concurrent and (self.affinity or not self.queued)
-        if free and not held_back:
-            if self.queued:  # ahead of requests held back
+        if place and not held_back and (self.affinity or not queued):
+            if queued:  # ahead of requests held back
                 self._preferred()
             self._take(model)
             return receive
-        if self.queued >= self.max_queue:
-            if held_back and self.in_flight < self.max_concurrent:
+        if queued >= self.max_queue:
+            if held_back and place:
                 self._take(model)  # no room to wait for the running model: go now
                 return receive
             self.refused += 1
             raise Overloaded(
-                f"Ollama is busy: {self.in_flight} generations running and {self.queued} "
+                f"Ollama is busy: {self.in_flight} generations running and {queued} "
                 f"waiting, the most this proxy queues (OSP_MAX_QUEUE)",
                 retry_after=self.retry_after(),
             )

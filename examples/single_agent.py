@@ -1,9 +1,10 @@
 """One agent on its own, wrapped around any ASGI app that speaks Ollama.
 
 Here the `redact` plugin wraps `OllamaUpstream` (the proxy's terminal layer) directly, with
-no SmartProxy around it: it parses the request, recognises its own command, and rewrites the
-streamed answer. `ErrorBoundary` around the whole turns any failure (Ollama down, a bad
-body) into an Ollama-style error answer on every route.
+no SmartProxy around it: it recognises its own command and rewrites the streamed answer.
+`standalone(...)` puts above it what SmartProxy would: the entry that parses each model
+request once into an exchange, and the error boundary that turns any failure (Ollama down,
+a bad body) into an Ollama-style error answer on every route.
 
     python examples/single_agent.py            # Ollama at OLLAMA_HOST, served on :11436
     python examples/single_agent.py --demo     # a FakeOllama instead
@@ -18,7 +19,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from ollama_smart_proxy import ErrorBoundary, OllamaUpstream
+from ollama_smart_proxy import OllamaUpstream, standalone
 
 HERE = Path(__file__).parent
 spec = importlib.util.spec_from_file_location("redact_plugin", HERE / "plugins/redact/agent.py")
@@ -35,7 +36,7 @@ def build(demo: bool = False) -> object:
         inner = FakeOllama(token_delay=0.02)
     else:
         inner = OllamaUpstream()  # http://127.0.0.1:11434; OllamaUpstream(url) for another
-    return ErrorBoundary(redact_plugin.Redact(inner, mask="[hidden]"))
+    return standalone(redact_plugin.Redact(inner, mask="[hidden]"))
 
 
 app = build(demo="--demo" in sys.argv)

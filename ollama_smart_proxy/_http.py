@@ -1,20 +1,16 @@
-"""Small ASGI helpers every layer shares: headers, bodies in and out, side requests."""
+"""Small ASGI helpers every layer shares: headers, bodies in and out."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 
-import anyio
-
-from .errors import ClientDisconnected, RequestTooLarge, UpstreamError
-from .routing import ROUTE_KEY, resolve_path
-from .types import ASGIApp, Message, Receive, Scope, Send
+from .errors import ClientDisconnected, RequestTooLarge
+from .types import Message, Receive, Scope, Send
 
 JSON = b"application/json"
-JSON_UTF8 = b"application/json; charset=utf-8"
 
-#: Largest answer collected from a side request (``/api/tags``, ``/api/show``).
-MAX_SIDE_ANSWER = 16 * 1024 * 1024
+#: The default bound of a request body: 64 MiB, as base64 images are large.
+DEFAULT_MAX_BODY = 64 * 1024 * 1024
 
 _BODY_HEADERS = (b"content-length", b"content-type", b"transfer-encoding")
 
@@ -71,11 +67,6 @@ def replay_receive(body: bytes | Callable[[], bytes], then: Receive) -> Receive:
     return receive
 
 
-async def _never_disconnects() -> Message:
-    await anyio.sleep_forever()
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
 def json_request_headers(
     headers: Iterable[tuple[bytes, bytes]], length: int | None = None
 ) -> list[tuple[bytes, bytes]]:
@@ -109,81 +100,13 @@ async def send_body(
     await send({"type": "http.response.body", "body": body})
 
 
-#: Receives the body of a side request's answer, piece by piece.
-Sink = Callable[[bytes], Awaitable[None]]
-
-_BASE_SCOPE: Scope = {
-    "type": "http",
-    "asgi": {"version": "3.0", "spec_version": "2.3"},
-    "http_version": "1.1",
-    "scheme": "http",
-    "root_path": "",
-    "headers": [],
-    "client": None,
-    "server": None,
-}
-
-
-async def side_request(
-    app: ASGIApp,
-    scope: Scope | None,
-    method: str,
-    path: str,
-    body: bytes = b"",
-    *,
-    sink: Sink | None = None,
-) -> tuple[int, bytes]:
-    """Call ``app`` with a small native request of our own and collect its answer.
-
-    For requests made on behalf of a client request (``/api/tags`` for ``/v1/models``,
-    ``/api/show`` for ``/show``), ``scope`` is the client's: its headers are kept (its key
-    too), the path, method and body are ours, and nobody can disconnect it. With no scope
-    the request is the proxy's own (a pull, a preload). ``sink`` receives the body as it
-    comes instead of collecting it.
-    """
-    base = scope if scope is not None else _BASE_SCOPE
-    inner = {key: value for key, value in base.items() if not key.startswith("ollama_smart_proxy")}
-    inner.update(
-        method=method,
-        path=base.get("root_path", "") + path,
-        raw_path=path.encode(),
-        query_string=b"",
-        headers=json_request_headers(base["headers"], len(body)),
-    )
-    for key in ("ollama_smart_proxy.context", "ollama_smart_proxy.key"):
-        if key in base:  # the request's log record and key stay the client's
-            inner[key] = base[key]
-    inner[ROUTE_KEY] = resolve_path(path.encode())
-    status = 500
-    chunks: list[bytes] = []
-    size = 0
-
-    async def collect(message: Message) -> None:
-        nonlocal status, size
-        if message["type"] == "http.response.start":
-            status = message["status"]
-        elif message["type"] == "http.response.body":
-            data = message.get("body", b"")
-            if sink is not None and status < 400:
-                await sink(data)
-                return
-            size += len(data)
-            if size > MAX_SIDE_ANSWER:
-                raise UpstreamError("Ollama's answer to a side request is too large")
-            chunks.append(data)
-
-    await app(inner, replay_receive(body, _never_disconnects), collect)
-    return status, b"".join(chunks)
-
-
 __all__ = [
+    "DEFAULT_MAX_BODY",
     "JSON",
-    "JSON_UTF8",
     "header",
     "json_request_headers",
     "read_body",
     "replay_receive",
     "send_body",
-    "side_request",
     "too_large_message",
 ]

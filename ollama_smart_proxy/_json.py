@@ -60,4 +60,17 @@ def now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-__all__ = ["dumps", "loads", "now_rfc3339", "parse_body"]
+def json_type(value: Any) -> str:
+    """The JSON name of a value's type, for messages."""
+    return {
+        type(None): "null",
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+        str: "string",
+        list: "array",
+        dict: "object",
+    }.get(type(value), type(value).__name__)
+
+
+__all__ = ["dumps", "json_type", "loads", "now_rfc3339", "parse_body"]

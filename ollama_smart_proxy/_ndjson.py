@@ -6,13 +6,9 @@ split on U+2028, U+0085 and friends, which are legal inside JSON strings.
 
 from __future__ import annotations
 
-from .errors import UpstreamError
+from .errors import LineTooLong
 
 DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
-
-
-class LineTooLong(UpstreamError):
-    """A line in an upstream stream is longer than the configured bound."""
 
 
 class LineSplitter:

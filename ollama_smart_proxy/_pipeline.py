@@ -1,21 +1,34 @@
 """The response pipeline: plain Ollama in, the client's wire format out.
 
+:func:`run_exchange` is the one place that puts an :class:`~.exchange.Exchange` in the
+scope, replays its body (serialised once, when the app below first reads it) and wraps
+``send`` in the :class:`ResponseWriter` that encodes the answer for the client.
+
 :class:`ResponseWriter` is the ``send`` that the layers below an exchange's owner write to,
-in plain Ollama (the terminal layer, an agent's ``Reply``). When nothing transforms the
+in plain Ollama (the terminal layer); an answer made by the proxy itself (an agent's
+``Reply``) reaches it as chunk objects (``exchange.answer``). When nothing transforms the
 answer and the client speaks Ollama, messages pass through untouched (the fast path).
 Otherwise the body is split into lines, each decoded once, run through the transforms
-(innermost first), and encoded once. An error that Ollama reports (an error status, or an
-``{"error"}`` line) is raised as an exception for the error boundary to render.
+(innermost first), and encoded once. Either way the final chunk is decoded once, for the
+exchange's token counts. An error that Ollama reports (an error status, or an ``{"error"}``
+line) is raised as an exception for the error boundary to render.
 """
 
 from __future__ import annotations
 
+import time
+
+from ._http import JSON, json_request_headers, replay_receive
 from ._json import loads
+from ._keys import request_key
 from ._ndjson import DEFAULT_MAX_LINE_BYTES, LineSplitter
+from .access_log import get_context
 from .encoding import Chunk, Encoder
 from .errors import UpstreamError, UpstreamStatusError
-from .exchange import ChunkTransform, Exchange
-from .types import Message, Send
+from .exchange import SCOPE_KEY, ChunkTransform, Exchange
+from .kinds import RUN_KINDS
+from .routing import ROUTE_KEY, route_of
+from .types import ASGIApp, Message, Receive, Scope, Send
 
 #: Largest upstream error body buffered to rewrite it in the client's dialect.
 MAX_ERROR_BODY = 1024 * 1024
@@ -56,9 +69,13 @@ class ResponseWriter:
         self._status = 200
         self._headers: list[tuple[bytes, bytes]] = []
         self._started = False
+        #: The last line of a passed-through answer, for its token counts.
+        self._tail: bytearray | None = None
 
     async def __call__(self, message: Message) -> None:
         if self._passthrough:
+            if self._tail is not None and message["type"] == "http.response.body":
+                self._track(message.get("body", b""), message.get("more_body", False))
             await self._send(message)
         elif message["type"] == "http.response.body":
             await self._body(message.get("body", b""), message.get("more_body", False))
@@ -67,12 +84,25 @@ class ResponseWriter:
         else:
             await self._send(message)
 
-    async def _start(self, message: Message) -> None:
+    async def answer(self, chunks: list[Chunk]) -> None:
+        """Answer with native ``chunks`` made by the proxy itself, as if Ollama had sent them
+        (streamed when the request streams), through the transforms and the encoder."""
+        streaming = getattr(self._exchange.request, "stream", None) is not False
+        content_type = b"application/x-ndjson" if streaming else JSON
+        start = {"type": "http.response.start", "status": 200}
+        await self._start({**start, "headers": [(b"content-type", content_type)]}, decode=True)
+        await self._emit(chunks)
+        await self._body(b"", False)
+
+    async def _start(self, message: Message, *, decode: bool = False) -> None:
         status: int = message["status"]
         encoder = self._encoder
         transforms = self._exchange.transforms
-        if encoder.native and (status >= 400 or not transforms):
+        self._exchange.answered = time.perf_counter()
+        if encoder.native and not decode and (status >= 400 or not transforms):
             self._passthrough = True
+            if status < 400 and self._exchange.kind in RUN_KINDS:
+                self._tail = bytearray()
             await self._send(message)
             return
         self._status = status
@@ -138,12 +168,10 @@ class ResponseWriter:
                 await self._start_response(len(tail))
             await self._send({"type": "http.response.body", "body": tail, "more_body": False})
 
-    @classmethod
-    def _decode(cls, lines: list[bytes]) -> list[Chunk]:
-        return [cls._decode_line(line) for line in lines]
+    def _decode(self, lines: list[bytes]) -> list[Chunk]:
+        return [self._decode_line(line) for line in lines]
 
-    @staticmethod
-    def _decode_line(line: bytes) -> Chunk:
+    def _decode_line(self, line: bytes) -> Chunk:
         try:
             chunk = loads(line)
         except ValueError:
@@ -152,7 +180,39 @@ class ResponseWriter:
             raise UpstreamError(f"Ollama sent a JSON {type(chunk).__name__}, not an object")
         if "error" in chunk and len(chunk) <= 2 and not chunk.get("done"):
             raise UpstreamStatusError(str(chunk["error"]), status_code=500)
+        if "prompt_eval_count" in chunk or "eval_count" in chunk:
+            self._count(chunk)
         return chunk
+
+    def _count(self, chunk: Chunk) -> None:
+        """Record Ollama's token counts (its final chunk carries them) on the exchange."""
+        prompt, output = chunk.get("prompt_eval_count"), chunk.get("eval_count")
+        exchange = self._exchange
+        exchange.prompt_tokens = prompt if type(prompt) is int and prompt >= 0 else 0
+        exchange.completion_tokens = output if type(output) is int and output >= 0 else 0
+
+    def _track(self, data: bytes, more: bool) -> None:
+        """Keep the last line of a passed-through answer; decode it once at the end."""
+        tail = self._tail
+        if tail is None:
+            return
+        if data:
+            start = data.rfind(b"\n", 0, len(data) - 1)
+            if start >= 0 or tail[-1:] == b"\n":
+                tail = self._tail = bytearray(data[start + 1 :])
+            else:
+                tail += data
+            if len(tail) > self._max_line_bytes:
+                self._tail = None
+                return
+        if not more:
+            self._tail = None
+            try:
+                chunk = loads(bytes(tail))
+            except ValueError:
+                return  # not ours to judge: the client gets Ollama's bytes as they are
+            if isinstance(chunk, dict):
+                self._count(chunk)
 
     async def _emit(self, chunks: list[Chunk]) -> None:
         if self._transforms:
@@ -193,6 +253,43 @@ def _split_final(chunks: list[Chunk]) -> list[Chunk]:
     return out
 
 
+async def run_exchange(
+    app: ASGIApp,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    exchange: Exchange,
+    encoder: Encoder,
+    *,
+    path: str | None = None,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+) -> None:
+    """Call ``app`` with ``exchange`` in its scope and ``encoder`` writing the answer.
+
+    ``path`` moves the request to a native route (a translated request goes to
+    ``/api/chat``); the dialect of the route stays the client's. The exchange learns the
+    key the request was made with, and where the proxy's own answers go.
+    """
+    inner = dict(scope)
+    inner[SCOPE_KEY] = exchange
+    if path is not None:
+        inner[ROUTE_KEY] = route_of(scope).rewritten(path)
+        inner["path"] = scope.get("root_path", "") + path
+        inner["raw_path"] = inner["path"].encode()
+        inner["method"] = "POST"
+        inner["query_string"] = b""
+    inner["headers"] = json_request_headers(scope["headers"])
+    exchange.key = request_key(scope)
+    context = get_context(scope)
+    if context is not None:  # the access log reads the request's record from the exchange
+        context.exchange = exchange
+    writer = ResponseWriter(send, exchange, encoder, max_line_bytes)
+    exchange.answer = writer.answer
+    # The body is serialised once, when the app below first reads it: by then every layer
+    # above it has rewritten the request.
+    await app(inner, replay_receive(exchange.body, receive), writer)
+
+
 async def _apply(transform: ChunkTransform, chunks: list[Chunk]) -> list[Chunk]:
     out: list[Chunk] = []
     for chunk in chunks:
@@ -204,4 +301,4 @@ async def _apply(transform: ChunkTransform, chunks: list[Chunk]) -> list[Chunk]:
     return out
 
 
-__all__ = ["ResponseWriter", "error_message"]
+__all__ = ["ResponseWriter", "error_message", "run_exchange"]

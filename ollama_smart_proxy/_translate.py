@@ -11,8 +11,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from ._json import parse_body
-from .errors import RequestError
+from ._json import json_type, parse_body
+from .errors import FieldError
 from .schemas import describe_validation_error
 
 _Model = TypeVar("_Model", bound=BaseModel)
@@ -30,26 +30,6 @@ THINK_LEVELS: dict[str, bool | str] = {
     "xhigh": "max",
     "ultra": "max",
 }
-
-
-class FieldError(RequestError):
-    """A 400 about one request field, named in ``param``."""
-
-    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message, param=param, code=code)
-
-
-def json_type(value: Any) -> str:
-    """The JSON name of a value's type, for messages."""
-    return {
-        type(None): "null",
-        bool: "boolean",
-        int: "integer",
-        float: "number",
-        str: "string",
-        list: "array",
-        dict: "object",
-    }.get(type(value), type(value).__name__)
 
 
 def expect(value: Any, kind: type | tuple[type, ...], param: str, what: str) -> Any:

@@ -1,8 +1,10 @@
 """Access log: one line per request, text or JSON, with an ``X-Request-ID``.
 
-:class:`RequestContext` is the request's log record: the layers that learn a fact the log
-line shows (the exchange and its model, the key's name, an error) write it there. It lives
-in the scope under one key, shared by every copy of the scope.
+:class:`RequestContext` holds what the log line says of the HTTP request: its id, the
+client, the status, the bytes sent, the key's name (written by ``ApiKeys``) and the error
+(written by the error boundary). What it says of a model request (the model asked and used,
+the agents, the tokens, the timings) it reads from the request's exchange, which owns them.
+It lives in the scope under one key, shared by every copy of the scope.
 """
 
 from __future__ import annotations
@@ -32,11 +34,12 @@ _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\\\"]")
 
 @dataclass(eq=False)
 class RequestContext:
-    """One request's log record."""
+    """One HTTP request's log record (what the model request did is on ``exchange``)."""
 
     request_id: str
     client: str = "-"
     started: float = field(default_factory=time.perf_counter)
+    #: The model request's exchange, linked by the entry that made it.
     exchange: Exchange | None = None
     #: The name of the API key the request was made with (never the key).
     key: str | None = None
@@ -45,23 +48,13 @@ class RequestContext:
     bytes: int = 0
     #: Why the request failed, when it did (also after a stream began with status 200).
     error: ProxyError | None = None
-    #: When the request went to Ollama, and when Ollama's answer began (``perf_counter``).
-    forwarded: float = 0.0
-    answered: float = 0.0
-    #: Tokens in and out, from Ollama's final chunk.
-    tokens_in: int = 0
-    tokens_out: int = 0
-    #: The agents whose hooks ran.
-    agents: list[str] = field(default_factory=list)
 
     def server_timing(self, now: float) -> str:
         """``Server-Timing``: the time spent in the proxy before the request went to Ollama
         (parsing, agents, queueing, pulls), and Ollama's time to answer."""
-        if not self.forwarded:
-            return f"proxy;dur={(now - self.started) * 1000:.1f}"
-        proxy = (self.forwarded - self.started) * 1000
-        upstream = ((self.answered or now) - self.forwarded) * 1000
-        return f"proxy;dur={proxy:.1f}, upstream;dur={upstream:.1f}"
+        if self.exchange is not None:
+            return self.exchange.server_timing(self.started, now)
+        return f"proxy;dur={(now - self.started) * 1000:.1f}"
 
 
 def get_context(scope: Scope) -> RequestContext | None:

@@ -19,13 +19,13 @@ import contextlib
 import itertools
 import math
 import time
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from .errors import ClientDisconnected, Overloaded
 from .exchange import SCOPE_KEY, Exchange
+from .kinds import GENERATION_KINDS
 from .names import canonical
-from .routing import GENERATION_KINDS, route_of
+from .routing import route_of
 from .types import ASGIApp, Message, Receive, Scope, Send
 
 #: How far into the queue a freed place looks for a request for a loaded model.
@@ -41,8 +41,22 @@ class _Waiter:
         self.since = since
 
 
+class AdmissionObserver(Protocol):
+    """What watches the admission queue (the metrics), given to it when it is built."""
+
+    def waited(self, seconds: float) -> None:
+        """An admitted request waited ``seconds`` for its place."""
+
+    def queue_changed(self, in_flight: int, queued: int) -> None:
+        """The generations in flight or the requests queued changed."""
+
+    def preferred(self) -> None:
+        """A request went ahead of an earlier one, for the model that runs."""
+
+
 class Admission:
-    """``Admission(app, *, max_concurrent, max_queue=256, queue_timeout=30.0, affinity=0.0)``."""
+    """``Admission(app, *, max_concurrent, max_queue=256, queue_timeout=30.0, affinity=0.0,
+    observer=None)``."""
 
     def __init__(
         self,
@@ -52,6 +66,7 @@ class Admission:
         max_queue: int = 256,
         queue_timeout: float = 30.0,
         affinity: float = 0.0,
+        observer: AdmissionObserver | None = None,
     ) -> None:
         if max_concurrent < 1 or max_queue < 0 or queue_timeout <= 0 or affinity < 0:
             raise ValueError(
@@ -74,16 +89,11 @@ class Admission:
         self.admitted = 0
         self.refused = 0
         self._waits: collections.deque[float] = collections.deque(maxlen=256)
-        #: Called with the seconds each admitted request waited (metrics).
-        self.on_wait: Callable[[float], None] | None = None
-        #: Called with (in flight, queued) when either changes (metrics).
-        self.on_change: Callable[[int, int], None] | None = None
-        #: Called when a request goes ahead of an earlier one for another model (metrics).
-        self.on_preferred: Callable[[], None] | None = None
+        self.observer = observer
 
     def _changed(self) -> None:
-        if self.on_change is not None:
-            self.on_change(self.in_flight, self.queued)
+        if self.observer is not None:
+            self.observer.queue_changed(self.in_flight, self.queued)
 
     @property
     def queued(self) -> int:
@@ -120,8 +130,8 @@ class Admission:
         receive = await self._enter(receive, model, started)
         waited = time.monotonic() - started
         self._waits.append(waited)
-        if self.on_wait is not None:
-            self.on_wait(waited)
+        if self.observer is not None:
+            self.observer.waited(waited)
         try:
             await self.app(scope, receive, send)
         finally:
@@ -269,8 +279,8 @@ class Admission:
 
     def _preferred(self) -> None:
         self.preferred += 1
-        if self.on_preferred is not None:
-            self.on_preferred()
+        if self.observer is not None:
+            self.observer.preferred()
 
     def _loaded(self, model: str | None) -> bool:
         """Whether Ollama surely has ``model`` loaded: one runs, or, none running, it ran

@@ -5,25 +5,27 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from types import TracebackType
+from typing import Unpack
 
 import httpx
 from starlette.middleware.cors import CORSMiddleware
 
 from . import metrics as metrics_module
+from ._limits import LimitOptions
 from .access_log import AccessLog
 from .admission import Admission
 from .agents.base import Agent
 from .agents.registry import AgentRegistry
 from .agents.tools import DropUnsupportedTools
-from .anthropic import AnthropicCompat
+from .anthropic.middleware import anthropic_dialect
 from .boundary import ErrorBoundary
-from .entry import NativeEntry
+from .entry import NATIVE, Dialect, ModelEntry
 from .errors import ProxyError
 from .health import Health, StatusSource, send_json
 from .metrics import Metrics
 from .models import ModelLoader
-from .openai import OpenAICompat
-from .responses import ResponsesCompat
+from .openai.middleware import openai_dialect
+from .responses.middleware import responses_dialect
 from .routing import route_of
 from .security import ApiKeys, RoutePolicy, keys_from_settings
 from .settings import Settings
@@ -99,12 +101,6 @@ class SmartProxy:
         self.settings = settings = settings or Settings()
         self.handle_signals = handle_signals
         if transport is None:
-            if settings.upstream_transport != "http11":
-                logger.warning(
-                    "upstream_transport=%s is no longer offered (it fails the proxy's framing "
-                    "conformance suite); using the proxy's own pool, which serves https too",
-                    settings.upstream_transport,
-                )
             limits = upstream_limits(settings.upstream_max_connections)
             transport = create_transport(limits=limits)
         if settings.drop_unsupported_tools:
@@ -144,14 +140,11 @@ class SmartProxy:
                 max_queue=settings.max_queue,
                 queue_timeout=settings.queue_timeout,
                 affinity=settings.queue_affinity,
+                observer=self.metrics,
             )
             if settings.max_concurrent is not None
             else None
         )
-        if self.admission is not None and self.metrics is not None:
-            self.admission.on_change = self.metrics.queue_changed
-            self.admission.on_wait = self.metrics.waited
-            self.admission.on_preferred = self.metrics.preferred
         self.loader = ModelLoader(
             self.admission or self.upstream,
             aliases=settings.aliases,
@@ -161,10 +154,8 @@ class SmartProxy:
             preload=settings.preload,
             pull_timeout=settings.pull_timeout,
             catalogue_ttl=settings.catalogue_ttl,
-            max_body_bytes=settings.max_body_bytes,
+            on_pull=self.metrics.pulled if self.metrics is not None else None,
         )
-        if self.metrics is not None:
-            self.loader.models.on_pull = self.metrics.pulled
         self._app = self._build()
 
     def _build(self) -> ASGIApp:
@@ -172,23 +163,19 @@ class SmartProxy:
         draws it)::
 
             CORS > AccessLog (+ metrics) > ErrorBoundary > ApiKeys > RoutePolicy > Router
-              native:    NativeEntry ────┐
-              openai:    OpenAICompat ───┤
-              responses: ResponsesCompat ┼> CommandParser > agents > ModelLoader
-              anthropic: AnthropicCompat ┘                > Admission > OllamaUpstream
-              proxy:     health, /plugins, /metrics
+              model routes: ModelEntry (ollama, openai, responses, anthropic dialects)
+                              > CommandParser > agents > ModelLoader > Admission > OllamaUpstream
+              proxy:        health, /plugins, /metrics
         """
         s = self.settings
-        limits = {
+        limits: LimitOptions = {
             "max_body_bytes": s.max_body_bytes,
             "max_messages": s.max_messages,
             "max_json_objects": s.max_json_objects,
             "max_line_bytes": s.max_line_bytes,
         }
-        # Below the entries, every model request is one native exchange.
-        completions = self.registry.build(
-            self.loader, prefix=s.command_prefix, max_body_bytes=s.max_body_bytes
-        )
+        # Below the entry, every model request is one native exchange.
+        completions = self.registry.build(self.loader, prefix=s.command_prefix)
         health = Health(
             self.upstream.fetch,
             upstream=self.upstream.url,
@@ -196,15 +183,16 @@ class SmartProxy:
             sources=self._health_sources(),
             checks=[self.loader.not_ready] if s.ready_waits_for_preload else [],
         )
+        # The dialects the entry speaks: one row each.
+        dialects = [
+            NATIVE,
+            openai_dialect(unsupported=s.openai_unsupported, aliases=self.loader.aliases),
+            responses_dialect(default_max_output_tokens=s.default_max_output_tokens),
+            anthropic_dialect(),
+        ]
+        entry = ModelEntry(completions, dialects=dialects, **limits)
         app: ASGIApp = Router(
-            native=NativeEntry(completions, **limits),
-            openai=OpenAICompat(
-                completions, unsupported=s.openai_unsupported, aliases=s.aliases, **limits
-            ),
-            responses=ResponsesCompat(
-                completions, default_max_output_tokens=s.default_max_output_tokens, **limits
-            ),
-            anthropic=AnthropicCompat(completions, **limits),
+            **{dialect.family: entry for dialect in dialects},
             proxy=ProxyEndpoints(health, self.registry, self.metrics),
         )
         if self.keys or s.admin_routes == "closed":
@@ -289,4 +277,17 @@ class SmartProxy:
                 return
 
 
-__all__ = ["ProxyEndpoints", "Router", "SmartProxy"]
+def standalone(
+    app: ASGIApp, *, dialects: Sequence[Dialect] = (NATIVE,), **limits: Unpack[LimitOptions]
+) -> ASGIApp:
+    """An agent, the model loader, or a stack of them, served on its own.
+
+    ``standalone(Translate(ollama_app))`` puts above ``app`` what ``SmartProxy`` puts above
+    its agents: the entry that makes each model request's exchange (Ollama's own API, or
+    the ``dialects`` given) and the error boundary that answers failures in the client's
+    dialect. ``limits`` are the entry's body limits.
+    """
+    return ErrorBoundary(ModelEntry(app, dialects=dialects, **limits))
+
+
+__all__ = ["ProxyEndpoints", "Router", "SmartProxy", "standalone"]

@@ -14,18 +14,20 @@ collapsed to the last one before any agent sees them.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .schemas import ChatRequest, GenerateRequest, Message, ModelRequest
 
 
-@dataclass
+@dataclass(frozen=True)
 class SlashCall:
-    """One parsed command.
+    """One parsed command, as it was typed (read-only).
 
     ``name`` is the registered word (``"set"``), ``args`` the words it took, ``prompt`` the
     text after it (``""`` for a command-only message), ``text`` the command as typed,
     ``replay`` is true for a session command found earlier in the history and applied again.
+    What the model will see is the request's own text, which an agent reads and changes as
+    ``self.prompt``.
     """
 
     name: str
@@ -152,8 +154,7 @@ def parse_commands(
             cleared_at = len(kept)
             replays = []
         elif commands[call.name].session:
-            call.replay = True
-            replays.append(call)
+            replays.append(replace(call, replay=True))
         if call.prompt or index == last_user:
             message.content = call.prompt
             kept.append(message)

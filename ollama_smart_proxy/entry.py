@@ -1,235 +1,168 @@
-"""Where a model request becomes an exchange, and who owns its response pipeline.
+"""``ModelEntry``: where a model request becomes an exchange, in any dialect.
 
-:func:`run_exchange` is the one place that puts an :class:`~.exchange.Exchange` in the
-scope, replays its body (serialised once, when the app below first reads it) and wraps
-``send`` in the :class:`~._pipeline.ResponseWriter` that encodes the answer for the client.
-Every owner of an exchange calls it: :class:`NativeEntry` for Ollama's own routes, the
-dialect layers (``OpenAICompat``, ...) for theirs, and an agent used on its own.
+One entry layer serves every wire format; what differs between them is data, a
+:class:`Dialect` per format: the route family it serves, and for each of its routes the
+methods allowed and either a translation (the body into one native exchange and the encoder
+that writes the answer back) or an answer of the proxy's own (``/v1/models``,
+``count_tokens``). The entry reads the body within its :class:`~._limits.BodyLimits`, asks
+the dialect, and hands the exchange to :func:`~._pipeline.run_exchange`. Errors are
+rendered in the dialect's shape by the error boundary (:mod:`~.errors`), from the route.
+
+``NativeEntry``, ``OpenAICompat``, ``ResponsesCompat`` and ``AnthropicCompat`` are this
+layer with one dialect each; ``SmartProxy`` builds it with all four. A new dialect is one
+module that makes its :class:`Dialect`, and one row in ``SmartProxy``'s list.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple, Unpack
 
-from ._http import json_request_headers, read_body, replay_receive
-from ._json import dumps, now_rfc3339
-from ._ndjson import DEFAULT_MAX_LINE_BYTES
-from ._pipeline import ResponseWriter
-from .access_log import get_context
-from .encoding import Chunk, Encoder, NativeEncoder, merge_chunks
-from .errors import RequestError
-from .exchange import SCOPE_KEY, Exchange, Kind
-from .routing import ROUTE_KEY, route_of
-from .schemas import (
-    count_containers,
-    parse_json_body,
-    parse_request,
-    too_many_messages,
-    too_many_objects,
-)
-from .types import ASGIApp, Message, Receive, Scope, Send
+from ._http import send_body
+from ._limits import BodyLimits, LimitOptions
+from ._pipeline import run_exchange
+from .encoding import Encoder, NativeEncoder
+from .errors import ProxyError
+from .exchange import SCOPE_KEY, Exchange
+from .kinds import PARSED_KINDS
+from .routing import Family, route_of
+from .types import ASGIApp, Receive, Scope, Send
 
-#: Native endpoints whose bodies are parsed into an exchange (each names a model).
-PARSED_KINDS: dict[str, Kind] = {
-    "chat": "chat",
-    "generate": "generate",
-    "embed": "embed",
-    "embeddings": "embeddings",
-    "show": "show",
-}
 
-DEFAULT_MAX_BODY = 64 * 1024 * 1024
+class Translation(NamedTuple):
+    """A client's request as one native exchange: the exchange, the encoder of its answer,
+    and the native path it runs on (``None``: the path it came on)."""
+
+    exchange: Exchange
+    encoder: Encoder
+    path: str | None = None
+
+
+#: A route's body (read within the limits) translated into one native exchange.
+Translate = Callable[[bytes, BodyLimits], Translation]
+#: A route the proxy answers itself: ``(scope, body, limits, the app below) -> JSON body``.
+Serve = Callable[[Scope, bytes, BodyLimits, ASGIApp], Awaitable[bytes]]
 
 
 @dataclass(frozen=True, slots=True)
-class BodyLimits:
-    """What every entry of a model request bounds: the body's bytes, its messages, its JSON
-    objects and arrays, and the longest line the answer may carry."""
+class Endpoint:
+    """One route of a dialect: the methods it allows, and what the entry does with it."""
 
-    max_body_bytes: int = DEFAULT_MAX_BODY
-    max_messages: int | None = None
-    max_json_objects: int | None = None
-    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    methods: tuple[str, ...]
+    translate: Translate | None = None
+    serve: Serve | None = None
 
     def __post_init__(self) -> None:
-        if self.max_body_bytes <= 0 or self.max_line_bytes <= 0:
-            raise ValueError("limits must be positive")
-
-    async def read(self, scope: Scope, receive: Receive) -> bytes:
-        """Read the whole body, refusing (413) more bytes than ``max_body_bytes`` and more
-        JSON objects and arrays than ``max_json_objects``.
-
-        The objects are counted on each piece as it arrives, so counting never holds the
-        event loop for more than one read, and a flood is refused before the rest of it is
-        read.
-        """
-        limit = self.max_json_objects
-        if limit is None:
-            return await read_body(scope, receive, self.max_body_bytes)
-        counted = 0
-
-        async def counting() -> Message:
-            nonlocal counted
-            message = await receive()
-            counted += count_containers(message.get("body", b""))
-            if counted > limit:
-                raise too_many_objects(limit)
-            return message
-
-        return await read_body(scope, counting, self.max_body_bytes)
-
-    async def read_object(self, scope: Scope, receive: Receive) -> dict[str, Any]:
-        """Read and parse a dialect's JSON object body once, or raise a 400 (413) that says
-        what is wrong."""
-        raw = await self.read(scope, receive)
-        if not raw.strip():
-            raise RequestError("the request body is empty; send a JSON object")
-        body = parse_json_body(raw)
-        if not isinstance(body, dict):
-            raise RequestError("the request body must be a JSON object")
-        return body
-
-    def check_messages(self, items: object) -> None:
-        """413 for a list of messages (or input items) longer than ``max_messages``."""
-        limit = self.max_messages
-        if limit is not None and isinstance(items, list) and len(items) > limit:
-            raise too_many_messages(len(items), limit)
+        if (self.translate is None) == (self.serve is None):
+            raise ValueError("an endpoint either translates or serves")
 
 
-async def run_exchange(
-    app: ASGIApp,
-    scope: Scope,
-    receive: Receive,
-    send: Send,
-    exchange: Exchange,
-    encoder: Encoder,
-    *,
-    path: str | None = None,
-    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
-) -> None:
-    """Call ``app`` with ``exchange`` in its scope and ``encoder`` writing the answer.
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """A wire format the entry speaks: its ``name`` (the shape of its errors), the route
+    ``family`` it serves, its ``endpoints`` by route kind, and whether a method an endpoint
+    does not allow is refused with a 405 (``refuse_methods``) or passed on to Ollama."""
 
-    ``path`` moves the request to a native route (a translated request goes to
-    ``/api/chat``); the dialect of the route stays the client's.
-    """
-    context = get_context(scope)
-    if context is not None:  # the access log names the model
-        context.exchange = exchange
-    inner = dict(scope)
-    inner[SCOPE_KEY] = exchange
-    if path is not None:
-        inner[ROUTE_KEY] = route_of(scope).rewritten(path)
-        inner["path"] = scope.get("root_path", "") + path
-        inner["raw_path"] = inner["path"].encode()
-        inner["method"] = "POST"
-        inner["query_string"] = b""
-    inner["headers"] = json_request_headers(scope["headers"])
-    # The body is serialised once, when the app below first reads it: by then every layer
-    # above it has rewritten the request.
-    body_receive = replay_receive(exchange.body, receive)
-    await app(inner, body_receive, ResponseWriter(send, exchange, encoder, max_line_bytes))
+    name: str
+    family: Family
+    endpoints: Mapping[str, Endpoint] = field(default_factory=dict)
+    refuse_methods: bool = True
 
 
-class NativeEntry:
-    """Parse the body of a native model request (chat, generate, embed, embeddings, show)
-    once into an exchange, and own its response pipeline; other requests pass through.
+class ModelEntry:
+    """Parse a model request once into an exchange, in the client's dialect, and own its
+    response pipeline; requests no dialect serves pass through to ``app``.
 
-    ``NativeEntry(app, *, max_body_bytes=64 MiB, max_messages=None, max_json_objects=None,
-    max_line_bytes=16 MiB)``.
+    ``ModelEntry(app, *, dialects, max_body_bytes=64 MiB, max_messages=None,
+    max_json_objects=None, max_line_bytes=16 MiB)``.
     """
 
     def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        max_body_bytes: int = DEFAULT_MAX_BODY,
-        max_messages: int | None = None,
-        max_json_objects: int | None = None,
-        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        self, app: ASGIApp, *, dialects: Sequence[Dialect], **limits: Unpack[LimitOptions]
     ) -> None:
+        families = [dialect.family for dialect in dialects]
+        if len(set(families)) != len(families):
+            raise ValueError(f"two dialects serve one route family: {families}")
         self.app = app
-        self.limits = BodyLimits(max_body_bytes, max_messages, max_json_objects, max_line_bytes)
+        self.dialects = {dialect.family: dialect for dialect in dialects}
+        self.limits = BodyLimits(**limits)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or SCOPE_KEY in scope:
+        if scope["type"] != "http" or SCOPE_KEY in scope:
             await self.app(scope, receive, send)
             return
-        kind = PARSED_KINDS.get(route_of(scope).kind)
-        if kind is None:
+        route = route_of(scope)
+        dialect = self.dialects.get(route.family)
+        endpoint = dialect.endpoints.get(route.kind) if dialect is not None else None
+        if dialect is None or endpoint is None:
             await self.app(scope, receive, send)
             return
+        method = scope["method"]
+        if method not in endpoint.methods:
+            if not dialect.refuse_methods:
+                await self.app(scope, receive, send)
+                return
+            raise ProxyError(
+                f"{method} is not allowed on {route.path}; use {' or '.join(endpoint.methods)}",
+                status_code=405,
+                headers=[(b"allow", ", ".join(endpoint.methods).encode())],
+            )
         limits = self.limits
-        body = await limits.read(scope, receive)
-        request = parse_request(kind, body, limits.max_messages)
-        exchange = Exchange(kind, request, raw=body)
+        raw = await limits.read(scope, receive) if method == "POST" else b""
+        if endpoint.serve is not None:
+            await send_body(send, 200, await endpoint.serve(scope, raw, limits, self.app))
+            return
+        assert endpoint.translate is not None  # one of the two, checked when it was made
+        exchange, encoder, path = endpoint.translate(raw, limits)
         await run_exchange(
             self.app,
             scope,
             receive,
             send,
             exchange,
-            NativeEncoder(),
+            encoder,
+            path=path,
             max_line_bytes=limits.max_line_bytes,
         )
 
 
-def native_answer(exchange: Exchange, text: str, *, thinking: str | None = None) -> list[Chunk]:
-    """The native chunks of an answer made by the proxy itself (a ``Reply``): one content
-    chunk and a final one, as Ollama would stream them."""
-    content = text_chunk(exchange, text, thinking=thinking)
-    final = text_chunk(exchange, "")
-    final.update(done=True, done_reason="stop", total_duration=0, eval_count=0, prompt_eval_count=0)
-    return [content, final]
+def _native(kind: str) -> Translate:
+    exchange_kind = PARSED_KINDS[kind]
+
+    def translate(raw: bytes, limits: BodyLimits) -> Translation:
+        request = limits.parse_native(kind, raw)
+        return Translation(Exchange(exchange_kind, request, raw=raw), NativeEncoder())
+
+    return translate
 
 
-def text_chunk(exchange: Exchange, text: str, *, thinking: str | None = None) -> Chunk:
-    """A new native content chunk for this exchange (chat or generate)."""
-    model = exchange.model or ""
-    if exchange.kind == "generate":
-        chunk: Chunk = {"model": model, "created_at": now_rfc3339(), "response": text}
-        if thinking:
-            chunk["thinking"] = thinking
-    else:
-        message: dict[str, Any] = {"role": "assistant", "content": text}
-        if thinking:
-            message["thinking"] = thinking
-        chunk = {"model": model, "created_at": now_rfc3339(), "message": message}
-    chunk["done"] = False
-    return chunk
+#: Ollama's own API: the routes whose bodies name a model are parsed (every other native
+#: route, and other methods, pass through to Ollama as they are).
+NATIVE = Dialect(
+    "ollama",
+    "native",
+    {kind: Endpoint(("POST",), translate=_native(kind)) for kind in PARSED_KINDS},
+    refuse_methods=False,
+)
 
 
-async def send_native(send: Send, chunks: list[Chunk], *, stream: bool) -> None:
-    """Answer as Ollama would: NDJSON lines when streaming, else one merged JSON object.
+class NativeEntry(ModelEntry):
+    """The entry for Ollama's own routes (chat, generate, embed, embeddings, show):
+    ``NativeEntry(app, *, max_body_bytes=64 MiB, max_messages=None, max_json_objects=None,
+    max_line_bytes=16 MiB)``."""
 
-    For a layer that answers in Ollama's place (an agent's ``Reply``): the pipeline above
-    encodes it for the client like any answer from Ollama.
-    """
-    if stream:
-        body = b"".join(dumps(chunk) + b"\n" for chunk in chunks)
-        content_type = b"application/x-ndjson"
-    else:
-        body = dumps(merge_chunks(chunks))
-        content_type = b"application/json; charset=utf-8"
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [
-                (b"content-type", content_type),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    def __init__(self, app: ASGIApp, **limits: Unpack[LimitOptions]) -> None:
+        super().__init__(app, dialects=[NATIVE], **limits)
 
 
 __all__ = [
-    "PARSED_KINDS",
-    "BodyLimits",
+    "NATIVE",
+    "Dialect",
+    "Endpoint",
+    "ModelEntry",
     "NativeEntry",
-    "native_answer",
-    "run_exchange",
-    "send_native",
-    "text_chunk",
+    "Serve",
+    "Translate",
+    "Translation",
 ]

@@ -2,9 +2,10 @@
 
 Exception tree::
 
-    ProxyError                      500  anything the proxy refuses or cannot do
-    ├── RequestError                400  body empty, not JSON, or fails validation; bad path
-    │   └── RequestTooLarge         413  body over a limit (bytes, messages)
+    SmartProxyError (ProxyError)    500  anything the proxy refuses or cannot do
+    ├── BadRequest (RequestError)   400  body empty, not JSON, or fails validation; bad path
+    │   ├── FieldError              400  one field of a translated request (``param``)
+    │   └── RequestTooLarge         413  body over a limit (bytes, messages, objects)
     ├── AuthenticationError         401  no API key, or a wrong one
     ├── PermissionDenied            403  the key may not use this route or model
     ├── ModelNotFound               404  the model is not installed (and may not be pulled)
@@ -13,7 +14,15 @@ Exception tree::
     ├── ShuttingDown                503  a stream still going when the shutdown grace ends
     └── UpstreamError               502  Ollama unreachable, closed early, or answered junk
         ├── UpstreamTimeout         504  Ollama did not answer in time
-        └── UpstreamStatusError     ...  Ollama answered with an error status (kept)
+        ├── UpstreamStatusError     ...  Ollama answered with an error status (kept)
+        └── LineTooLong             502  a line of Ollama's answer is over max_line_bytes
+
+    ClientDisconnected                   the client left before its request was read: not
+                                         an error to answer (nobody is there)
+
+``SmartProxyError`` and ``BadRequest`` are the names to use; ``ProxyError`` and
+``RequestError`` are the same classes under their first names (httpx has exceptions of
+those names, for other things).
 
 Layers raise these; :class:`~ollama_smart_proxy.boundary.ErrorBoundary` turns them into a
 response in the client's dialect with :func:`render_error`, or, once the response has
@@ -52,7 +61,7 @@ _ANTHROPIC_TYPES = {
 }
 
 
-class ProxyError(Exception):
+class SmartProxyError(Exception):
     """Base class: an error with an HTTP status, rendered in the client's dialect.
 
     ``param`` names the request field it is about; ``code`` is a machine-readable code
@@ -81,13 +90,28 @@ class ProxyError(Exception):
         self.headers = headers or []
 
 
-class RequestError(ProxyError):
+#: The first name of :class:`SmartProxyError`.
+ProxyError = SmartProxyError
+
+
+class BadRequest(SmartProxyError):
     """The request is malformed: body empty, not JSON, fails validation, or a bad path."""
 
     status_code = 400
 
 
-class RequestTooLarge(RequestError):
+#: The first name of :class:`BadRequest`.
+RequestError = BadRequest
+
+
+class FieldError(BadRequest):
+    """A 400 about one request field, named in ``param``."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message, param=param, code=code)
+
+
+class RequestTooLarge(BadRequest):
     """The request is over a limit: ``max_body_bytes``, ``max_messages``."""
 
     status_code = 413
@@ -163,6 +187,10 @@ class UpstreamStatusError(UpstreamError):
         super().__init__(message, status_code=status_code, code=code)
 
 
+class LineTooLong(UpstreamError):
+    """A line in an upstream stream is longer than the configured bound."""
+
+
 class ClientDisconnected(Exception):
     """The client went away before its request was read: there is nobody to answer."""
 
@@ -234,15 +262,13 @@ def render_stream_error(dialect: Dialect, exc: ProxyError) -> bytes:
     return b"event: error\ndata: " + dumps(body) + b"\n\n"
 
 
-def error_line(message: str) -> bytes:
-    """The NDJSON line with which Ollama ends a stream that failed after it began."""
-    return dumps({"error": message}) + b"\n"
-
-
 __all__ = [
     "AuthenticationError",
+    "BadRequest",
     "ClientDisconnected",
     "Dialect",
+    "FieldError",
+    "LineTooLong",
     "LoopDetected",
     "ModelNotFound",
     "Overloaded",
@@ -251,11 +277,11 @@ __all__ = [
     "RequestError",
     "RequestTooLarge",
     "ShuttingDown",
+    "SmartProxyError",
     "UpstreamError",
     "UpstreamStatusError",
     "UpstreamTimeout",
     "anthropic_error_type",
-    "error_line",
     "error_object",
     "openai_error_type",
     "render_error",

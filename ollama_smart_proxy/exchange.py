@@ -1,27 +1,42 @@
-"""The exchange: one request's parsed body and response plan, shared by every layer.
+"""The exchange: one model request's parsed body, response plan and record.
 
-The layer that receives a model request first (the native entry, a dialect layer such as
-``OpenAICompat``, or an agent used on its own) parses the body once into an
-:class:`Exchange`, stores it in the ASGI scope under :data:`SCOPE_KEY` and owns the response
-pipeline (:func:`ollama_smart_proxy.entry.run_exchange`). Layers below rewrite
+The entry that receives a model request (:class:`~ollama_smart_proxy.entry.ModelEntry`, in
+any dialect) parses the body once into an :class:`Exchange`, stores it in the ASGI scope
+under :data:`SCOPE_KEY` and owns its response pipeline. Layers below rewrite
 ``exchange.request`` and register chunk transforms; nobody re-reads or re-parses the body.
+
+The exchange is also the request's record: the model asked and used, the key it was made
+with, the agents that ran, the tokens Ollama counted, when it went to Ollama and when Ollama
+answered, and the backend that served it. Each fact has one writer (named on the field);
+the access log and the metrics only read them. A side request (an agent's ``call_ollama``,
+``/show``, the loader's pulls) has an exchange of its own and never touches the client's.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from ._json import now_rfc3339
 from .commands import SlashCall
 from .encoding import Chunk
 from .errors import Dialect
+from .kinds import ExchangeKind
 from .schemas import ModelRequest, dump_request
 from .types import Scope
 
+if TYPE_CHECKING:
+    from ._keys import ApiKey
+
 SCOPE_KEY = "ollama_smart_proxy"
 
-#: The native endpoints a request may be parsed for.
-Kind = Literal["chat", "generate", "embed", "embeddings", "show"]
+#: The native endpoints a request may be parsed for (the exchange kinds).
+Kind = ExchangeKind
+
+#: How an answer made by the proxy itself reaches the client: native chunks, as objects.
+Answer = Callable[[list[Chunk]], Awaitable[None]]
 
 
 class ChunkTransform(Protocol):
@@ -38,11 +53,13 @@ class ChunkTransform(Protocol):
 
 @dataclass(eq=False)
 class Exchange:
-    """One request's parsed body, dialect, slash commands and response transforms.
+    """One model request: its parsed body, dialect, slash commands, response transforms,
+    and its record.
 
     ``raw`` holds the body as the client sent it while nothing has changed the request:
     then those very bytes go upstream. A layer that changes ``request`` calls
-    :meth:`changed` (agent hooks and the command parser do it for you).
+    :meth:`changed` (agent hooks and the command parser do it for you, only when they did
+    change it).
     """
 
     kind: Kind
@@ -57,8 +74,25 @@ class Exchange:
     transforms: list[ChunkTransform] = field(default_factory=list)
     raw: bytes | None = field(default=None, repr=False)
     #: The model the client asked for, as it named it (before aliases), for logs and
-    #: answers.
+    #: answers. Written when the exchange is made; the loader fills in the default model.
     asked_model: str | None = None
+
+    # -- the record: one writer each ------------------------------------------------------
+    #: The key the request was made with (written by the entry, from ``ApiKeys``' scope).
+    key: ApiKey | None = None
+    #: The agents whose hooks ran, outermost first (written by the agents' base class).
+    agents: list[str] = field(default_factory=list)
+    #: Tokens in and out, decoded once from Ollama's final chunk (by the response pipeline).
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    #: When the body went to Ollama, and when Ollama's answer began (``perf_counter``;
+    #: written by the response pipeline; 0 until then).
+    forwarded: float = 0.0
+    answered: float = 0.0
+    #: The name of the backend that served it (written by the layer that chose it).
+    backend: str | None = None
+    #: Where an answer made by the proxy itself goes (set by the owner of the pipeline).
+    answer: Answer | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.asked_model is None:
@@ -76,8 +110,18 @@ class Exchange:
 
     def body(self) -> bytes:
         """The request as it goes upstream: the client's own bytes when nothing changed it,
-        else the request serialised once."""
+        else the request serialised once. Marks the time it was forwarded."""
+        self.forwarded = time.perf_counter()
         return self.raw if self.raw is not None else dump_request(self.request)
+
+    def server_timing(self, started: float, now: float) -> str:
+        """``Server-Timing``: the time spent in the proxy before the request went to Ollama
+        (parsing, agents, queueing, pulls), and Ollama's time to answer."""
+        if not self.forwarded:
+            return f"proxy;dur={(now - started) * 1000:.1f}"
+        proxy = (self.forwarded - started) * 1000
+        upstream = ((self.answered or now) - self.forwarded) * 1000
+        return f"proxy;dur={proxy:.1f}, upstream;dur={upstream:.1f}"
 
 
 def get_exchange(scope: Scope) -> Exchange | None:
@@ -86,4 +130,38 @@ def get_exchange(scope: Scope) -> Exchange | None:
     return exchange if isinstance(exchange, Exchange) else None
 
 
-__all__ = ["SCOPE_KEY", "ChunkTransform", "Exchange", "Kind", "get_exchange"]
+def text_chunk(exchange: Exchange, text: str, *, thinking: str | None = None) -> Chunk:
+    """A new native content chunk for this exchange (chat or generate)."""
+    model = exchange.model or ""
+    if exchange.kind == "generate":
+        chunk: Chunk = {"model": model, "created_at": now_rfc3339(), "response": text}
+        if thinking:
+            chunk["thinking"] = thinking
+    else:
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if thinking:
+            message["thinking"] = thinking
+        chunk = {"model": model, "created_at": now_rfc3339(), "message": message}
+    chunk["done"] = False
+    return chunk
+
+
+def native_answer(exchange: Exchange, text: str, *, thinking: str | None = None) -> list[Chunk]:
+    """The native chunks of an answer made by the proxy itself (a ``Reply``): one content
+    chunk and a final one, as Ollama would stream them."""
+    content = text_chunk(exchange, text, thinking=thinking)
+    final = text_chunk(exchange, "")
+    final.update(done=True, done_reason="stop", total_duration=0, eval_count=0, prompt_eval_count=0)
+    return [content, final]
+
+
+__all__ = [
+    "SCOPE_KEY",
+    "Answer",
+    "ChunkTransform",
+    "Exchange",
+    "Kind",
+    "get_exchange",
+    "native_answer",
+    "text_chunk",
+]

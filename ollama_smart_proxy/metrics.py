@@ -194,11 +194,12 @@ class Metrics:
         child(self.duration, route.kind, route.dialect).observe(now - context.started)
         if first_byte:
             child(self.first_byte, route.kind, route.dialect).observe(first_byte - context.started)
-        if context.tokens_in or context.tokens_out:
-            child(self.tokens, "in", label).inc(context.tokens_in)
-            child(self.tokens, "out", label).inc(context.tokens_out)
-        for agent in context.agents:
-            child(self.agents, agent).inc()
+        if exchange is not None:
+            if exchange.prompt_tokens or exchange.completion_tokens:
+                child(self.tokens, "in", label).inc(exchange.prompt_tokens)
+                child(self.tokens, "out", label).inc(exchange.completion_tokens)
+            for agent in exchange.agents:
+                child(self.agents, agent).inc()
         if isinstance(context.error, UpstreamError):  # Ollama was at fault
             child(self.upstream_errors, route.kind).inc()
 

@@ -114,8 +114,8 @@ class ShowRequest(BaseModel):
     verbose: bool | None = None
 
 
-#: What agents see (chat and generate), and embed, as before.
-NativeRequest = ChatRequest | GenerateRequest | EmbedRequest
+#: What agents see: a chat or a generate request.
+NativeRequest = ChatRequest | GenerateRequest
 #: Every body the proxy parses: each names a model.
 ModelRequest = ChatRequest | GenerateRequest | EmbedRequest | EmbeddingsRequest | ShowRequest
 
@@ -149,11 +149,11 @@ def _is_union_tag(item: object) -> bool:
     )
 
 
-def too_many_messages(count: int, limit: int) -> RequestTooLarge:
+def too_many_messages(count: int, limit: int, param: str = "messages") -> RequestTooLarge:
     return RequestTooLarge(
-        f"the request has {count} messages, more than the limit of {limit} "
+        f"the request has {count} {param}, more than the limit of {limit} "
         "(raise OSP_MAX_MESSAGES to allow it)",
-        param="messages",
+        param=param,
     )
 
 
@@ -179,55 +179,13 @@ def parse_json_body(body: bytes) -> Any:
         raise RequestError(f"invalid JSON in request body: {exc}") from None
 
 
-def parse_request(kind: str, body: bytes, max_messages: int | None = None) -> ModelRequest:
-    """Parse and validate a native request body once; raise :class:`RequestError`.
-
-    ``max_messages`` is checked on the parsed JSON, before the (much dearer) validation.
-    (The JSON objects are counted while the body is read: ``entry.BodyLimits``.)
-    """
-    model = REQUEST_TYPES[kind]
-    if body[:1] == b"{" and _too_short_for(body, max_messages):
-        # A body too small to break a limit: pydantic parses and validates in one pass.
-        try:
-            return model.model_validate_json(body)
-        except ValidationError as exc:
-            raise RequestError(describe_validation_error(exc)) from None
-    if not body.strip():
-        raise RequestError("missing request body")
-    value = parse_json_body(body)
-    if value is None:  # Ollama reads `null` as an empty object
-        return model()
-    if not isinstance(value, dict):
-        raise RequestError(f"request body must be a JSON object, not {_json_type(value)}")
-    messages = value.get("messages")
-    if max_messages is not None and isinstance(messages, list) and len(messages) > max_messages:
-        raise too_many_messages(len(messages), max_messages)
-    try:
-        return model.model_validate(value)
-    except ValidationError as exc:
-        raise RequestError(describe_validation_error(exc)) from None
-
-
-#: The fewest bytes a message takes in a JSON array: ``{"role":""},``.
-_MIN_MESSAGE_BYTES = 12
-
-
-def _too_short_for(body: bytes, max_messages: int | None) -> bool:
-    """Whether ``body`` is too short to hold more messages than ``max_messages``."""
-    return max_messages is None or len(body) < _MIN_MESSAGE_BYTES * max_messages
-
-
-def _json_type(value: object) -> str:
-    names = {bool: "boolean", int: "number", float: "number", str: "string", list: "array"}
-    return names.get(type(value), type(value).__name__)
-
-
 def dump_request(request: BaseModel) -> bytes:
     """Serialise a request once, with only the fields that were set (extras included)."""
     return request.model_dump_json(exclude_unset=True, by_alias=True).encode()
 
 
 __all__ = [
+    "REQUEST_TYPES",
     "ChatRequest",
     "EmbedRequest",
     "EmbeddingsRequest",
@@ -242,7 +200,6 @@ __all__ = [
     "describe_validation_error",
     "dump_request",
     "parse_json_body",
-    "parse_request",
     "too_many_messages",
     "too_many_objects",
 ]

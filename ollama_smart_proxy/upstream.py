@@ -11,18 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import secrets
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 
 import httpx
 
-from ._http import header, read_body
-from .access_log import get_context
+from ._http import DEFAULT_MAX_BODY, header, read_body
+from ._urls import DEFAULT_UPSTREAM, parse_ollama_host
 from .errors import ClientDisconnected, LoopDetected
-from .routing import GENERATION_KINDS, route_of
-from .settings import DEFAULT_UPSTREAM, parse_ollama_host
+from .routing import route_of
 from .transports import create_transport, map_transport_errors, upstream_limits
 from .types import Message, Receive, Scope, Send
 
@@ -56,8 +53,6 @@ DROP_REQUEST_HEADERS = HOP_BY_HOP | {
 #: Upstream response headers never copied to the client: hop-by-hop ones, and the ones
 #: the server in front of us writes itself.
 DROP_RESPONSE_HEADERS = HOP_BY_HOP | {b"date", b"server"}
-
-DEFAULT_MAX_BODY = 64 * 1024 * 1024
 
 
 def _without(
@@ -217,18 +212,12 @@ class OllamaUpstream:
             scope["method"], route.target(scope.get("query_string", b"")), headers, content
         )
         transport = self.transport
-        context = get_context(scope)
         finished = False
 
         async def forward() -> None:
             nonlocal finished
-            if context is not None:
-                context.forwarded = time.perf_counter()
             with map_transport_errors(self.url, self.timeout):
                 response = await transport.handle_async_request(request)
-            if context is not None:
-                context.answered = time.perf_counter()
-            last = b""
             try:
                 await send(
                     {
@@ -240,30 +229,14 @@ class OllamaUpstream:
                 with map_transport_errors(self.url, self.timeout, streaming=True):
                     async for data in response.stream:  # type: ignore[union-attr]
                         await send({"type": "http.response.body", "body": data, "more_body": True})
-                        last = data
                 finished = True
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
             finally:
                 await response.aclose()
-            if context is not None and route.kind in GENERATION_KINDS:
-                context.tokens_in, context.tokens_out = usage(last)
 
         left = await run_until_disconnect(receive, forward, lambda: finished, uploaded)
         if left:
             logger.debug("client left %s %s; upstream request closed", scope["method"], route.path)
-
-
-_PROMPT_TOKENS = re.compile(rb'"prompt_eval_count":\s*(\d{1,12})')
-_OUTPUT_TOKENS = re.compile(rb'"eval_count":\s*(\d{1,12})')
-
-
-def usage(tail: bytes) -> tuple[int, int]:
-    """Tokens in and out, read from the end of Ollama's answer (where its final chunk puts
-    them), without decoding the stream."""
-    end = tail[-1024:]
-    prompt = _PROMPT_TOKENS.findall(end)
-    output = _OUTPUT_TOKENS.findall(end)
-    return int(prompt[-1]) if prompt else 0, int(output[-1]) if output else 0
 
 
 async def _upload(receive: Receive, done: asyncio.Event) -> AsyncIterator[bytes]:

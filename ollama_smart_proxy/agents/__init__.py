@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ..commands import SlashCall
 from ..encoding import Chunk
-from ..entry import text_chunk
+from ..exchange import text_chunk
 from ..schemas import ChatRequest, GenerateRequest, Message, NativeRequest
 from .base import Agent, NoOptions, Reply, chunk_text, with_text
 from .builtins import set_system, unset

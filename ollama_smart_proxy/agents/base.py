@@ -9,17 +9,19 @@ from typing import Any, ClassVar, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .._http import side_request
-from .._json import dumps, loads
-from ..access_log import get_context
-from ..boundary import ErrorBoundary
+from .._json import loads
+from .._side import side_request
 from ..commands import CommandSpec, SlashCall, parse_commands, split_words
 from ..encoding import Chunk
-from ..entry import DEFAULT_MAX_BODY, NativeEntry, native_answer, send_native, text_chunk
-from ..exchange import Exchange, get_exchange
+from ..errors import ProxyError
+from ..exchange import Exchange, get_exchange, native_answer, text_chunk
+from ..kinds import COMPLETION_KINDS
 from ..routing import route_of
 from ..schemas import ChatRequest, GenerateRequest, NativeRequest
 from ..types import ASGIApp, Receive, Scope, Send
+
+#: What every agent has from the base class: never copied per request.
+_BASE_ATTRIBUTES = frozenset({"app", "prefix", "_words", "options"})
 
 
 @dataclass
@@ -69,9 +71,16 @@ class Agent:
     - ``on_end(text)``: at the end of the answer, return text to append (or, with
       ``buffer = True``, ``text`` is the whole answer and the return value replaces it).
 
-    Hooks run on a fresh copy of the agent for each request (its options deep-copied), so
-    ``self.x = ...`` in a hook is per-request state. ``self.exchange`` and ``self.call`` are
-    set on that copy.
+    Per-request state: hooks run on a fresh copy of the agent for each request. Every
+    attribute ``__init__`` set (and the options) is deep-copied into it, so ``self.seen =
+    []`` in ``__init__`` starts empty for every request and ``self.x = ...`` in a hook is
+    this request's alone. State meant to be shared by every request (a cache) is named in
+    the class attribute ``shared`` and is not copied. ``self.exchange`` and ``self.call``
+    are set on that copy; ``self.prompt`` is the text the model will see (the latest user
+    message, or the generate prompt), to read and to change.
+
+    An agent acts on an exchange made above it (by ``SmartProxy``'s entry, or, used on its
+    own, by :func:`ollama_smart_proxy.standalone`).
     """
 
     name: ClassVar[str] = ""
@@ -83,6 +92,8 @@ class Agent:
     arity: ClassVar[int | None] = 0
     aliases: ClassVar[tuple[str, ...]] = ()
     buffer: ClassVar[bool] = False
+    #: Attributes set in ``__init__`` that every request shares (not copied per request).
+    shared: ClassVar[frozenset[str]] = frozenset()
     Options: ClassVar[type[BaseModel]] = NoOptions
 
     exchange: Exchange
@@ -94,7 +105,6 @@ class Agent:
         app: ASGIApp,
         *,
         prefix: str = "/",
-        max_body_bytes: int = DEFAULT_MAX_BODY,
         **options: Any,
     ) -> None:
         if not prefix:
@@ -108,9 +118,6 @@ class Agent:
             raise ValueError(
                 f"invalid options for agent {self.name or type(self).__name__}: {exc}"
             ) from None
-        # Used alone, with no exchange made above it: the agent makes its own, with the same
-        # entry and error boundary as the proxy's.
-        self._alone = ErrorBoundary(NativeEntry(self._handle, max_body_bytes=max_body_bytes))
 
     # -- what a subclass overrides -------------------------------------------------------
 
@@ -149,10 +156,36 @@ class Agent:
         spec = CommandSpec(cls.name, cls.split, cls.session, cls.replay_key)
         return dict.fromkeys((cls.name, *cls.aliases), spec)
 
+    @property
+    def prompt(self) -> str:
+        """The text the model will see: the latest user message (chat) or the prompt
+        (generate), after the command was taken out of it."""
+        request = self.exchange.request
+        if isinstance(request, GenerateRequest):
+            return request.prompt or ""
+        if isinstance(request, ChatRequest):
+            for message in reversed(request.messages or ()):
+                if message.role == "user":
+                    return message.content
+        return ""
+
+    @prompt.setter
+    def prompt(self, text: str) -> None:
+        request = self.exchange.request
+        if isinstance(request, GenerateRequest):
+            request.prompt = text
+            return
+        if isinstance(request, ChatRequest):
+            for message in reversed(request.messages or ()):
+                if message.role == "user":
+                    message.content = text
+                    return
+        raise ValueError("this request has no user message to hold a prompt")
+
     async def call_ollama(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        """Call the app below with a native request (``/api/show``...); JSON answer."""
-        raw = dumps(body) if body is not None else b""
-        status, data = await side_request(self.app, self._scope, method, path, raw)
+        """Call the app below with a native request of the agent's own (``/api/show``...),
+        as a side request: its own exchange, the client's key; JSON answer."""
+        status, data = await side_request(self.app, self._scope, method, path, body)
         try:
             return status, loads(data) if data else None
         except ValueError:
@@ -166,16 +199,14 @@ class Agent:
             return
         exchange = get_exchange(scope)
         if exchange is None:
-            if scope["method"] == "POST" and route_of(scope).kind in ("chat", "generate"):
-                await self._alone(scope, receive, send)
-            else:
-                await self.app(scope, receive, send)
+            if scope["method"] == "POST" and route_of(scope).kind in COMPLETION_KINDS:
+                raise ProxyError(
+                    f"the agent {type(self).__name__} found no exchange: used on its own, "
+                    "wrap it as ollama_smart_proxy.standalone(agent)"
+                )
+            await self.app(scope, receive, send)
             return
-        await self._handle(scope, receive, send)
-
-    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        exchange = get_exchange(scope)
-        if exchange is None or exchange.kind not in ("chat", "generate"):
+        if exchange.kind not in COMPLETION_KINDS:
             await self.app(scope, receive, send)
             return
         prepare_commands(exchange, self.prefix, self._words)
@@ -186,29 +217,40 @@ class Agent:
         if call is None and not replays and self.activation != "always":
             await self.app(scope, receive, send)
             return
-        exchange.changed()  # the hooks may change the request in place
-        context = get_context(scope)
-        if context is not None:
-            context.agents.append(self.name or type(self).__name__)
-        handler = copy.copy(self)
-        handler.options = self.options.model_copy(deep=True)
+        exchange.agents.append(self.name or type(self).__name__)
+        handler = self._fresh()
         handler.exchange = exchange
         handler._scope = scope
         request = cast(ChatRequest | GenerateRequest, exchange.request)  # chat or generate
+        # While the client's own bytes would go upstream, they stay unless a hook changed
+        # the request: compared with a copy taken before the hooks ran.
+        before = request.model_copy(deep=True) if exchange.raw is not None else None
         for replay in replays:
             handler.call = replay
             await handler.on_request(request, replay)
         handler.call = call
         reply = await handler.on_request(request, call)
+        if before is not None and exchange.request != before:
+            exchange.changed()
         if reply is not None:
-            stream = getattr(request, "streaming", False)
-            await send_native(
-                send, native_answer(exchange, reply.text, thinking=reply.thinking), stream=stream
-            )
+            if exchange.answer is None:
+                raise ProxyError("an agent's reply has nowhere to go: no entry owns the exchange")
+            await exchange.answer(native_answer(exchange, reply.text, thinking=reply.thinking))
             return
         if handler._wants_response():
             exchange.transforms.append(_Transform(handler))
         await self.app(scope, receive, send)
+
+    def _fresh(self) -> Agent:
+        """This agent's copy for one request: what ``__init__`` set is deep-copied, but the
+        plumbing and what ``shared`` names."""
+        handler = copy.copy(self)
+        keep = _BASE_ATTRIBUTES | self.shared
+        for name, value in vars(self).items():
+            if name not in keep:
+                setattr(handler, name, copy.deepcopy(value))
+        handler.options = self.options.model_copy(deep=True)
+        return handler
 
     def _wants_response(self) -> bool:
         cls = type(self)
@@ -220,7 +262,7 @@ class Agent:
 def prepare_commands(exchange: Exchange, prefix: str, words: dict[str, CommandSpec]) -> None:
     """Parse commands once per set of words; the first command found is the current one."""
     known = exchange.parsed_words
-    if not words or words.keys() <= known:
+    if not words or words.keys() <= known or exchange.kind not in COMPLETION_KINDS:
         return
     new = {word: spec for word, spec in words.items() if word not in known}
     known.update(new)

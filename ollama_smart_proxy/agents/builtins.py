@@ -142,13 +142,13 @@ class SetCommand(Agent):
         if sub == "format":
             if len(call.args) < 2 or call.args[1].lower() != "json":
                 raise ValueError("Only /set format json is supported")
-            request.format = "json"  # type: ignore[union-attr]
+            request.format = "json"
             return "Set format to 'json' mode."
         if sub == "noformat":
             unset(request, "format")
             return "Disabled format."
         if sub in ("think", "nothink"):
-            request.think = sub == "think"  # type: ignore[union-attr]
+            request.think = sub == "think"
             return "Set 'think' mode." if sub == "think" else "Set 'nothink' mode."
         raise ValueError(f"Unknown /set option '{sub}'")
 

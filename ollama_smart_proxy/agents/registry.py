@@ -16,8 +16,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..commands import CommandSpec
-from ..entry import DEFAULT_MAX_BODY
 from ..exchange import get_exchange
+from ..kinds import COMPLETION_KINDS
 from ..types import ASGIApp, Receive, Scope, Send
 from .base import Agent, prepare_commands
 from .builtins import BUILTIN_AGENTS, HelpCommand
@@ -199,9 +199,7 @@ class AgentRegistry:
             if s.cls.name
         ]
 
-    def build(
-        self, app: ASGIApp, *, prefix: str = "/", max_body_bytes: int = DEFAULT_MAX_BODY
-    ) -> ASGIApp:
+    def build(self, app: ASGIApp, *, prefix: str = "/") -> ASGIApp:
         """Wrap ``app`` in every enabled agent, outermost first, under one command parser."""
         listing = self.listing()
         stack = app
@@ -209,7 +207,7 @@ class AgentRegistry:
             options = dict(spec.options)
             if issubclass(spec.cls, HelpCommand) and "commands" not in options:
                 options["commands"] = listing
-            stack = spec.cls(stack, prefix=prefix, max_body_bytes=max_body_bytes, **options)
+            stack = spec.cls(stack, prefix=prefix, **options)
         always = any(spec.cls.activation == "always" for spec in self.ordered())
         return CommandParser(stack, self.words(), prefix, app if not always else None)
 
@@ -241,7 +239,7 @@ class CommandParser:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         exchange = get_exchange(scope)
-        if exchange is not None and exchange.kind in ("chat", "generate"):
+        if exchange is not None and exchange.kind in COMPLETION_KINDS:
             prepare_commands(exchange, self.prefix, self.words)
             if exchange.command is not None or exchange.replays:
                 await self.app(scope, receive, send)

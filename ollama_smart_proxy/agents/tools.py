@@ -30,6 +30,8 @@ class DropUnsupportedTools(Agent):
     summary = "Drop tools and thinking from requests for models that cannot do them"
     priority = 90
     activation = "always"
+    #: The capabilities cache serves every request.
+    shared = frozenset({"_known"})
 
     def __init__(self, app: ASGIApp, **options: Any) -> None:
         super().__init__(app, **options)

@@ -9,23 +9,18 @@ whoever asks). Answers name the model the client asked for.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
+from .._keys import ApiKey
 from ..encoding import Chunk
-from ..entry import DEFAULT_MAX_BODY, PARSED_KINDS, NativeEntry
-from ..errors import PermissionDenied
+from ..errors import PermissionDenied, ProxyError
 from ..exchange import Exchange, get_exchange
+from ..kinds import CATALOGUE_CHANGES, COMPLETION_KINDS, PARSED_KINDS, RUN_KINDS
 from ..names import Aliases, first_match
 from ..routing import route_of
-from ..security.keys import ApiKey, request_key
 from ..types import ASGIApp, Message, Receive, Scope, Send
 from .upstream_models import UpstreamModels
-
-#: Requests that make Ollama run the model: a missing one is pulled for them.
-RUN_KINDS = frozenset({"chat", "generate", "embed", "embeddings"})
-#: Native routes after which the list of installed models is different.
-CATALOGUE_CHANGES = frozenset({"pull", "push", "create", "copy", "delete"})
 
 AutoPull = Literal["off", "on"] | Sequence[str]
 
@@ -47,13 +42,15 @@ class NameAs:
 
 class ModelLoader:
     """``ModelLoader(app, *, aliases={}, default_model=None, auto_pull="off",
-    keep_alive={}, preload=(), pull_timeout=1800, catalogue_ttl=10, max_body_bytes=64 MiB)``.
+    keep_alive={}, preload=(), pull_timeout=1800, catalogue_ttl=10, on_pull=None)``.
 
     ``auto_pull`` is ``"off"``, ``"on"`` or a list of shell-style name patterns a missing
     model must match to be pulled; ``keep_alive`` maps name patterns to an Ollama duration
     (the first match wins, and a client's own value wins over it); ``preload`` models are
-    loaded in the background by :meth:`startup`. Used alone (no exchange made above it), it
-    parses the request itself. Its own requests to Ollama go to ``app``.
+    loaded in the background by :meth:`startup`; ``on_pull(model, "ok" | "failed")`` is told
+    of every pull that ends (the metrics). It acts on an exchange made above it (by the
+    proxy's entry, or, used on its own, by :func:`ollama_smart_proxy.standalone`). Its own
+    requests to Ollama go to ``app``.
     """
 
     def __init__(
@@ -67,7 +64,7 @@ class ModelLoader:
         preload: Sequence[str] = (),
         pull_timeout: float = 1800.0,
         catalogue_ttl: float = 10.0,
-        max_body_bytes: int = DEFAULT_MAX_BODY,
+        on_pull: Callable[[str, str], None] | None = None,
     ) -> None:
         if isinstance(auto_pull, str) and auto_pull not in ("off", "on"):
             raise ValueError("auto_pull must be 'off', 'on', or a list of name patterns")
@@ -79,8 +76,9 @@ class ModelLoader:
         self.auto_pull = auto_pull if isinstance(auto_pull, str) else list(auto_pull)
         self.keep_alive = dict(keep_alive or {})
         self.preload = list(preload)
-        self.models = UpstreamModels(app, catalogue_ttl=catalogue_ttl, pull_timeout=pull_timeout)
-        self._alone = NativeEntry(self._handle, max_body_bytes=max_body_bytes)
+        self.models = UpstreamModels(
+            app, catalogue_ttl=catalogue_ttl, pull_timeout=pull_timeout, on_pull=on_pull
+        )
 
     # -- policy -------------------------------------------------------------------------
 
@@ -135,13 +133,18 @@ class ModelLoader:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if get_exchange(scope) is not None:
-            await self._handle(scope, receive, send)
+        exchange = get_exchange(scope)
+        if exchange is not None:
+            await self._prepare(exchange)
+            await self.app(scope, receive, send)
             return
         kind = route_of(scope).kind
         if kind in PARSED_KINDS and scope["method"] == "POST":
-            await self._alone(scope, receive, send)
-        elif kind in CATALOGUE_CHANGES:
+            raise ProxyError(
+                "the model loader found no exchange: used on its own, wrap it as "
+                "ollama_smart_proxy.standalone(loader)"
+            )
+        if kind in CATALOGUE_CHANGES:
             await self.app(scope, receive, self._invalidating(send))
         else:
             await self.app(scope, receive, send)
@@ -156,16 +159,11 @@ class ModelLoader:
 
         return watching_send
 
-    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        exchange = get_exchange(scope)
-        if exchange is not None:
-            await self._prepare(exchange, request_key(scope))
-        await self.app(scope, receive, send)
-
-    async def _prepare(self, exchange: Exchange, key: ApiKey | None = None) -> None:
+    async def _prepare(self, exchange: Exchange) -> None:
         request = exchange.request
+        key: ApiKey | None = exchange.key
         asked = exchange.model
-        if not asked and exchange.kind in ("chat", "generate"):
+        if not asked and exchange.kind in COMPLETION_KINDS:
             asked = self.default_model
         if not asked:
             return  # Ollama answers a request with no model as it does
@@ -194,4 +192,4 @@ class ModelLoader:
             await self.ensure(model)
 
 
-__all__ = ["CATALOGUE_CHANGES", "RUN_KINDS", "AutoPull", "ModelLoader", "NameAs"]
+__all__ = ["AutoPull", "ModelLoader", "NameAs"]

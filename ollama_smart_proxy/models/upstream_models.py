@@ -16,10 +16,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._http import side_request
-from .._json import dumps, loads
+from .._json import loads
 from .._ndjson import LineSplitter
 from .._pipeline import error_message
+from .._side import side_request
 from ..errors import ModelNotFound, ProxyError, UpstreamError, UpstreamTimeout
 from ..names import canonical
 from ..types import ASGIApp
@@ -122,7 +122,14 @@ class Preload:
 class UpstreamModels:
     """Catalogue, single-flight pulls and loading, for one upstream."""
 
-    def __init__(self, app: ASGIApp, *, catalogue_ttl: float = 10.0, pull_timeout: float = 1800.0):
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        catalogue_ttl: float = 10.0,
+        pull_timeout: float = 1800.0,
+        on_pull: Callable[[str, str], None] | None = None,
+    ) -> None:
         self.app = app
         self.catalogue = Catalogue(app, ttl=catalogue_ttl)
         self.pull_timeout = pull_timeout
@@ -130,7 +137,7 @@ class UpstreamModels:
         self.preloads: list[Preload] = []
         self._preloading: asyncio.Task[None] | None = None
         #: Called with (model, "ok" or "failed") when a pull ends (metrics).
-        self.on_pull: Callable[[str, str], None] | None = None
+        self.on_pull = on_pull
 
     # -- presence and pulls -----------------------------------------------------------------
 
@@ -222,7 +229,7 @@ class UpstreamModels:
                             pull.total / 1e9,
                         )
 
-        body = dumps({"model": pull.model, "stream": True})
+        body = {"model": pull.model, "stream": True}
         try:
             status, answer = await side_request(
                 self.app, None, "POST", "/api/pull", body, sink=progress
@@ -241,10 +248,10 @@ class UpstreamModels:
         body: dict[str, Any] = {"model": model}
         if keep_alive is not None:
             body["keep_alive"] = keep_alive
-        status, answer = await side_request(self.app, None, "POST", "/api/generate", dumps(body))
+        status, answer = await side_request(self.app, None, "POST", "/api/generate", body)
         if status == 400 and b"does not support generate" in answer:
             status, answer = await side_request(
-                self.app, None, "POST", "/api/embed", dumps({**body, "input": ""})
+                self.app, None, "POST", "/api/embed", {**body, "input": ""}
             )
         if status != 200:
             raise UpstreamError(f"cannot load '{model}': {error_message(answer, status)}")

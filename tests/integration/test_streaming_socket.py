@@ -134,14 +134,8 @@ def test_upstream_stalling_mid_stream_ends_with_error_line(fake_url: str, fake: 
     assert time.monotonic() - started < 1.4
 
 
-@pytest.mark.parametrize("transport", ["http11", "aiohttp", "httpx"])
-def test_the_pool_streams_and_reuses_whatever_old_setting_names_it(
-    fake_url: str, fake: FakeOllama, transport: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    settings = Settings(upstream=fake_url, upstream_transport=transport)  # type: ignore[arg-type]
-    proxy = SmartProxy(settings)
-    if transport != "http11":
-        assert "is no longer offered" in caplog.text
+def test_the_pool_streams_and_reuses_its_connections(fake_url: str, fake: FakeOllama) -> None:
+    proxy = SmartProxy(Settings(upstream=fake_url))
     with serve_in_thread(proxy) as url, httpx.Client(base_url=url) as client:
         for _ in range(3):
             lines = client.post("/api/chat", json=CHAT).content.splitlines()

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from pydantic import BaseModel
 
-from ollama_smart_proxy import Settings, SmartProxy
+from ollama_smart_proxy import ErrorBoundary, Settings, SmartProxy, standalone
 from ollama_smart_proxy.agents import Agent, Chunk, Reply, SlashCall, chunk_text, with_text
 from ollama_smart_proxy.schemas import NativeRequest
 from ollama_smart_proxy.testing import FakeOllama, FakeReply
@@ -366,7 +366,7 @@ async def test_buffered_guard_and_end_hook(fake: FakeOllama, stream: bool) -> No
 
 
 async def test_agent_alone_around_fake_ollama(fake: FakeOllama) -> None:
-    app = Shout(fake)
+    app = standalone(Shout(fake))
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://p"
     ) as client:
@@ -378,6 +378,19 @@ async def test_agent_alone_around_fake_ollama(fake: FakeOllama) -> None:
         assert bad.status_code == 400
         tags = await client.get("/api/tags")
         assert tags.status_code == 200
+
+
+async def test_an_agent_with_no_exchange_says_how_to_serve_it_alone(fake: FakeOllama) -> None:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=ErrorBoundary(Shout(fake))), base_url="http://p"
+    ) as client:
+        response = await client.post(
+            "/api/chat", json={"model": "llama3.2", "messages": user("/shout hi")}
+        )
+        tags = await client.get("/api/tags")
+    assert response.status_code == 500
+    assert "standalone(agent)" in response.json()["error"]
+    assert tags.status_code == 200  # what is not a model request passes through
 
 
 async def test_invalid_options_raise_value_error() -> None:

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ollama_smart_proxy import Settings, SmartProxy
+from ollama_smart_proxy import Settings, SmartProxy, standalone
 from ollama_smart_proxy.models import ModelLoader, canonical
 from ollama_smart_proxy.testing import FakeModel, FakeOllama
 from tests.conftest import upstream
@@ -398,7 +398,7 @@ async def test_answers_name_the_loaded_model(dialect: str) -> None:
 
 async def test_the_loader_alone_in_front_of_any_ollama() -> None:
     fake = FakeOllama()
-    app = ModelLoader(fake, aliases={"a": "llama3.2"}, default_model="qwen3")
+    app = standalone(ModelLoader(fake, aliases={"a": "llama3.2"}, default_model="qwen3"))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://l") as c:
         aliased = await c.post("/api/chat", json={"model": "a", "messages": [], "stream": False})
         default = await c.post("/api/generate", json={"prompt": "hi", "stream": False})

@@ -12,7 +12,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from . import metrics as metrics_module
 from ._limits import LimitOptions
-from .access_log import AccessLog
+from .access_log import AccessLog, Observer
 from .admission import Admission
 from .agents.base import Agent
 from .agents.registry import AgentRegistry
@@ -80,12 +80,15 @@ class ProxyEndpoints:
 class SmartProxy:
     """The proxy as one ASGI app.
 
-    ``SmartProxy(settings=Settings(...), agents=[...], transport=None, handle_signals=False)``.
+    ``SmartProxy(settings=Settings(...), agents=[...], transport=None, handle_signals=False,
+    observers=())``.
     ``transport`` is the httpx transport to Ollama (by default the proxy's own pool); it is
     opened lazily and closed by ASGI lifespan, by :meth:`aclose`, or by ``async with
     proxy:``, so the proxy also works mounted under an app whose lifespan does not reach it.
     ``handle_signals`` (the launcher's) starts the graceful drain on SIGTERM; elsewhere, call
-    :meth:`drain` when your server begins to shut down.
+    :meth:`drain` when your server begins to shut down. ``observers`` are told of every
+    request when its answer has ended, ``observer(scope, record, first_byte)``, from the
+    record the access log line is made of (``record.exchange`` for a model request).
     """
 
     def __init__(
@@ -97,8 +100,10 @@ class SmartProxy:
         builtins: bool = True,
         entry_points: bool = True,
         handle_signals: bool = False,
+        observers: Sequence[Observer] = (),
     ) -> None:
         self.settings = settings = settings or Settings()
+        self.observers = list(observers)
         self.handle_signals = handle_signals
         if transport is None:
             limits = upstream_limits(settings.upstream_max_connections)
@@ -200,7 +205,8 @@ class SmartProxy:
         if self.keys:
             app = ApiKeys(app, keys=self.keys)
         app = ErrorBoundary(app, drain=self.drain_state)
-        app = AccessLog(app, observers=[self.metrics.record] if self.metrics is not None else [])
+        observers = [self.metrics.record] if self.metrics is not None else []
+        app = AccessLog(app, observers=[*observers, *self.observers])
         if s.cors_origins:
             app = CORSMiddleware(
                 app,

@@ -510,3 +510,103 @@ async def test_per_request_options_are_not_shared(fake: FakeOllama) -> None:
         for word in ("one", "two"):
             status, text = await ask(c, user(f"/collect {word}"))
             assert text == word  # not "one,two": the list is per request
+
+
+# -- the agent contract -------------------------------------------------------------------
+
+
+class Remember(Agent):
+    """State made in ``__init__``: per request, unless named in ``shared``."""
+
+    name = "remember"
+    activation = "always"
+    shared = frozenset({"everyone"})
+
+    def __init__(self, app: Any, **options: Any) -> None:
+        super().__init__(app, **options)
+        self.mine: list[str] = []
+        self.everyone: list[str] = []
+
+    async def on_request(self, request: NativeRequest, call: SlashCall | None) -> Reply | None:
+        self.mine.append("seen")
+        self.everyone.append("seen")
+        return Reply(f"{len(self.mine)} {len(self.everyone)}")
+
+
+async def test_state_made_in_init_is_per_request_and_shared_state_says_so(
+    fake: FakeOllama,
+) -> None:
+    app = standalone(Remember(fake))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://p") as c:
+        answers = [(await ask(c, user("hi")))[1] for _ in range(3)]
+    assert answers == ["1 1", "1 2", "1 3"]
+
+
+class Noop(Agent):
+    """Always on, changes nothing."""
+
+    name = "noop"
+    activation = "always"
+
+    async def on_request(self, request: NativeRequest, call: SlashCall | None) -> Reply | None:
+        assert request.model
+        return None
+
+
+async def test_ollama_gets_the_clients_bytes_when_no_agent_changed_anything() -> None:
+    fake = FakeOllama()
+    body = b'{"model":"llama3.2","messages":[{"role":"user","content":"hi"}],  "stream":false}'
+    settings = Settings(drop_unsupported_tools=True)
+    async with SmartProxy(settings, agents=[Noop], transport=upstream(fake)) as proxy:
+        transport = httpx.ASGITransport(app=proxy)
+        async with httpx.AsyncClient(transport=transport, base_url="http://p") as client:
+            response = await client.post("/api/chat", content=body)
+            changed = await client.post(
+                "/api/chat", content=body.replace(b'"hi"', b'"/set parameter seed 1 hi"')
+            )
+    assert response.status_code == changed.status_code == 200
+    assert fake.requests[0].body == body
+    assert fake.requests[1].json["options"] == {"seed": 1}
+
+
+class Polite(Agent):
+    """Changes what the model sees through ``self.prompt``."""
+
+    name = "polite"
+    arity = 0
+
+    async def on_request(self, request: NativeRequest, call: SlashCall | None) -> Reply | None:
+        assert call is not None
+        with pytest.raises(AttributeError):
+            call.prompt = "changed"  # type: ignore[misc]  # the command as typed is read-only
+        assert self.prompt == call.prompt == "pass the salt"
+        self.prompt = f"please {self.prompt}"
+        return None
+
+
+@pytest.mark.parametrize("path", ["/api/chat", "/api/generate"])
+async def test_one_place_holds_the_prompt_after_the_command(fake: FakeOllama, path: str) -> None:
+    app = standalone(Polite(fake))
+    body: dict[str, Any] = {"model": "llama3.2", "stream": False}
+    if path == "/api/chat":
+        body["messages"] = user("/polite pass the salt")
+    else:
+        body["prompt"] = "/polite pass the salt"
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://p") as c:
+        response = await c.post(path, json=body)
+    assert response.status_code == 200
+    sent = fake.requests[0].json
+    text = sent["messages"][-1]["content"] if path == "/api/chat" else sent["prompt"]
+    assert text == "please pass the salt"
+
+
+@pytest.mark.slow
+def test_a_typed_agent_passes_mypy_strict(tmp_path: Path) -> None:
+    """What docs/agents.md shows, typed as a plugin author types it."""
+    from mypy import api
+
+    source = EXAMPLES.parent / "tests" / "data" / "typed_agent.py"
+    out, err, status = api.run(
+        ["--strict", "--no-incremental", "--cache-dir", str(tmp_path), str(source)]
+    )
+    assert status == 0, out + err

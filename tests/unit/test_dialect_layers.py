@@ -44,7 +44,9 @@ async def test_codexs_websocket_attempt_is_refused_at_once() -> None:
     client = make(FakeOllama())
     plain = await client.get("/v1/responses")
     assert plain.status_code == 405
-    assert plain.json()["error"]["message"].startswith("GET is not allowed on /v1/responses; use POST")
+    assert plain.json()["error"]["message"].startswith(
+        "GET is not allowed on /v1/responses; use POST"
+    )
 
 
 @pytest.mark.parametrize("dialect", ["native", "anthropic"])

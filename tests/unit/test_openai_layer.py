@@ -7,9 +7,11 @@ import json
 import httpx
 import pytest
 
-from ollama_smart_proxy import ErrorBoundary, OpenAICompat
+from ollama_smart_proxy import ErrorBoundary, OpenAICompat, Settings, SmartProxy
 from ollama_smart_proxy.errors import RequestError
+from ollama_smart_proxy.testing import FakeOllama
 from ollama_smart_proxy.types import Message, Receive, Scope, Send
+from tests.conftest import upstream
 
 pytestmark = pytest.mark.anyio
 
@@ -99,3 +101,23 @@ async def test_other_paths_pass_through() -> None:
     ) as c:
         await c.post("/api/chat", json={"model": "m"})
     assert inner.seen[0][:2] == ("POST", "/api/chat")
+
+
+@pytest.mark.parametrize("spelling", ["gpt-4o-mini", "GPT-4o-mini", "gpt-4o-mini:latest"])
+async def test_an_alias_is_one_model_in_every_spelling_on_v1_models(spelling: str) -> None:
+    """``/v1/models/{id}`` resolves names with the loader's own table, as a chat does."""
+    fake = FakeOllama()
+    proxy = SmartProxy(Settings(aliases={"gpt-4o-mini": "llama3.2"}), transport=upstream(fake))
+    async with proxy, httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=proxy), base_url="http://p"
+    ) as client:
+        shown = await client.get(f"/v1/models/{spelling}")
+        chat = await client.post(
+            "/v1/chat/completions",
+            json={"model": spelling, "messages": [{"role": "user", "content": "hi"}]},
+        )
+    assert shown.status_code == 200
+    assert shown.json()["owned_by"] == "ollama-smart-proxy"  # an alias of the proxy's
+    assert shown.json()["id"] == spelling
+    assert chat.status_code == 200
+    assert fake.requests[-1].json["model"] == "llama3.2"

@@ -49,13 +49,6 @@ class RequestContext:
     #: Why the request failed, when it did (also after a stream began with status 200).
     error: ProxyError | None = None
 
-    def server_timing(self, now: float) -> str:
-        """``Server-Timing``: the time spent in the proxy before the request went to Ollama
-        (parsing, agents, queueing, pulls), and Ollama's time to answer."""
-        if self.exchange is not None:
-            return self.exchange.server_timing(self.started, now)
-        return f"proxy;dur={(now - self.started) * 1000:.1f}"
-
 
 def get_context(scope: Scope) -> RequestContext | None:
     context = scope.get(CONTEXT_KEY)
@@ -113,9 +106,19 @@ class AccessLog:
                 context.bytes += len(body)
             elif message["type"] == "http.response.start":
                 context.status = message["status"]
-                timing = (b"server-timing", context.server_timing(time.perf_counter()).encode())
+                now = time.perf_counter()
+                exchange = context.exchange
+                timing = (
+                    exchange.server_timing(context.started, now)
+                    if exchange is not None
+                    else f"proxy;dur={(now - context.started) * 1000:.1f}"
+                )
                 message = dict(message)
-                message["headers"] = [*message.get("headers", []), id_header, timing]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    id_header,
+                    (b"server-timing", timing.encode()),
+                ]
             await send(message)
 
         try:

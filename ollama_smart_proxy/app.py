@@ -11,7 +11,6 @@ import httpx
 from starlette.middleware.cors import CORSMiddleware
 
 from . import metrics as metrics_module
-from ._limits import LimitOptions
 from .access_log import AccessLog, Observer
 from .admission import Admission
 from .agents.base import Agent
@@ -19,7 +18,7 @@ from .agents.registry import AgentRegistry
 from .agents.tools import DropUnsupportedTools
 from .anthropic.middleware import anthropic_dialect
 from .boundary import ErrorBoundary
-from .entry import NATIVE, Dialect, ModelEntry
+from .entry import NATIVE, Dialect, LimitOptions, ModelEntry
 from .errors import ProxyError
 from .health import Health, StatusSource, send_json
 from .metrics import Metrics
@@ -179,8 +178,13 @@ class SmartProxy:
             "max_json_objects": s.max_json_objects,
             "max_line_bytes": s.max_line_bytes,
         }
-        # Below the entry, every model request is one native exchange.
-        completions = self.registry.build(self.loader, prefix=s.command_prefix)
+        # Below the entry, every model request is one native exchange. The loader is in the
+        # stack when a request may need it: nothing to rewrite and no key's models to check,
+        # and requests go past it at no cost.
+        below: ASGIApp = self.admission or self.upstream
+        if self.loader.rewrites or any(key.models is not None for key in self.keys):
+            below = self.loader
+        completions = self.registry.build(below, prefix=s.command_prefix)
         health = Health(
             self.upstream.fetch,
             upstream=self.upstream.url,

@@ -15,8 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
+from .kinds import COMPLETION_KINDS
 from .schemas import ChatRequest, GenerateRequest, Message, ModelRequest
+
+if TYPE_CHECKING:
+    from .exchange import Exchange
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,11 @@ def parse_commands(
             break
     if last_user < 0:
         return ParsedCommands()
+    for message in messages:
+        if message.role == "user" and message.content.lstrip().startswith(prefix):
+            break
+    else:
+        return ParsedCommands()  # no message holds a command: nothing to clean
     kept: list[Message] = []
     replays: list[SlashCall] = []
     found = ParsedCommands()
@@ -168,7 +178,7 @@ def parse_commands(
         kept = [m for m in kept[:cleared_at] if m.role == "system"] + kept[cleared_at:]
     if found.changed:
         request.messages = kept
-    found.replays = _collapse(replays, commands)
+    found.replays = _collapse(replays, commands) if replays else []
     return found
 
 
@@ -192,6 +202,24 @@ def _collapse(replays: list[SlashCall], commands: Mapping[str, CommandSpec]) -> 
     return out
 
 
+def prepare_commands(exchange: Exchange, prefix: str, words: dict[str, CommandSpec]) -> None:
+    """Parse an exchange's commands once per set of words (the stack's, then an agent's
+    own); the first command found is the current one."""
+    known = exchange.parsed_words
+    if not words or words.keys() <= known or exchange.kind not in COMPLETION_KINDS:
+        return
+    new = {word: spec for word, spec in words.items() if word not in known}
+    known.update(new)
+    if not isinstance(exchange.request, ChatRequest | GenerateRequest):
+        return
+    found = parse_commands(exchange.request, prefix, new)
+    if found.changed:
+        exchange.changed()
+    if exchange.command is None:
+        exchange.command = found.current
+    exchange.replays.extend(found.replays)
+
+
 __all__ = [
     "CommandSpec",
     "ParsedCommands",
@@ -200,5 +228,6 @@ __all__ = [
     "Splitter",
     "parse",
     "parse_commands",
+    "prepare_commands",
     "split_words",
 ]

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ._json import parse_body
-from .errors import RequestError, RequestTooLarge
+from .errors import RequestError
 
 _CONFIG = ConfigDict(extra="allow", strict=True, populate_by_name=True)
 
@@ -149,28 +149,6 @@ def _is_union_tag(item: object) -> bool:
     )
 
 
-def too_many_messages(count: int, limit: int, param: str = "messages") -> RequestTooLarge:
-    return RequestTooLarge(
-        f"the request has {count} {param}, more than the limit of {limit} "
-        "(raise OSP_MAX_MESSAGES to allow it)",
-        param=param,
-    )
-
-
-def too_many_objects(limit: int) -> RequestTooLarge:
-    return RequestTooLarge(
-        f"the request body holds more than {limit} JSON objects and arrays "
-        "(raise OSP_MAX_JSON_OBJECTS to allow it)"
-    )
-
-
-def count_containers(data: bytes) -> int:
-    """An upper bound of the JSON objects and arrays in ``data`` (a brace or bracket inside
-    a string counts too), at C speed: what ``max_json_objects`` is checked against before
-    any parser spends seconds on millions of tiny objects."""
-    return data.count(b"{") + data.count(b"[")
-
-
 def parse_json_body(body: bytes) -> Any:
     """Parse a client's JSON body once; 400 for bad JSON."""
     try:
@@ -196,10 +174,7 @@ __all__ = [
     "ShowRequest",
     "ToolCall",
     "ToolCallFunction",
-    "count_containers",
     "describe_validation_error",
     "dump_request",
     "parse_json_body",
-    "too_many_messages",
-    "too_many_objects",
 ]

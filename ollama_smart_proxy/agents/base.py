@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .._json import loads
 from .._side import side_request
-from ..commands import CommandSpec, SlashCall, parse_commands, split_words
+from ..commands import CommandSpec, SlashCall, prepare_commands, split_words
 from ..encoding import Chunk
 from ..errors import ProxyError
 from ..exchange import Exchange, get_exchange, native_answer, text_chunk
@@ -206,17 +206,32 @@ class Agent:
                 )
             await self.app(scope, receive, send)
             return
-        if exchange.kind not in COMPLETION_KINDS:
+        if not await self.handle(exchange, scope):
             await self.app(scope, receive, send)
-            return
+
+    def activated(self, exchange: Exchange) -> bool:
+        """Whether this request activates the agent: its command (or a replay of it), or
+        ``activation = "always"``."""
+        if self.activation == "always":
+            return True
+        words = self._words
+        current = exchange.command
+        if current is not None and current.name in words:
+            return True
+        return any(call.name in words for call in exchange.replays)
+
+    async def handle(self, exchange: Exchange, scope: Scope) -> bool:
+        """Run the hooks for one exchange if it activates the agent; ``True`` when the
+        agent answered it (a ``Reply``) and nothing is to go further."""
+        if exchange.kind not in COMPLETION_KINDS:
+            return False
         prepare_commands(exchange, self.prefix, self._words)
+        if not self.activated(exchange):
+            return False
         words = self._words
         current = exchange.command
         call = current if current is not None and current.name in words else None
         replays = [c for c in exchange.replays if c.name in words] if exchange.replays else []
-        if call is None and not replays and self.activation != "always":
-            await self.app(scope, receive, send)
-            return
         exchange.agents.append(self.name or type(self).__name__)
         handler = self._fresh()
         handler.exchange = exchange
@@ -236,10 +251,10 @@ class Agent:
             if exchange.answer is None:
                 raise ProxyError("an agent's reply has nowhere to go: no entry owns the exchange")
             await exchange.answer(native_answer(exchange, reply.text, thinking=reply.thinking))
-            return
+            return True
         if handler._wants_response():
             exchange.transforms.append(_Transform(handler))
-        await self.app(scope, receive, send)
+        return False
 
     def _fresh(self) -> Agent:
         """This agent's copy for one request: what ``__init__`` set is deep-copied, but the
@@ -257,23 +272,6 @@ class Agent:
         return cls.buffer or cls.on_chunk is not Agent.on_chunk or cls.on_end is not Agent.on_end
 
     _scope: Scope
-
-
-def prepare_commands(exchange: Exchange, prefix: str, words: dict[str, CommandSpec]) -> None:
-    """Parse commands once per set of words; the first command found is the current one."""
-    known = exchange.parsed_words
-    if not words or words.keys() <= known or exchange.kind not in COMPLETION_KINDS:
-        return
-    new = {word: spec for word, spec in words.items() if word not in known}
-    known.update(new)
-    if not isinstance(exchange.request, ChatRequest | GenerateRequest):
-        return
-    found = parse_commands(exchange.request, prefix, new)
-    if found.changed:
-        exchange.changed()
-    if exchange.command is None:
-        exchange.command = found.current
-    exchange.replays.extend(found.replays)
 
 
 class _Transform:
@@ -299,4 +297,4 @@ class _Transform:
         return held if replacement is None else [text_chunk(exchange, replacement)]
 
 
-__all__ = ["Agent", "NoOptions", "Reply", "chunk_text", "prepare_commands", "with_text"]
+__all__ = ["Agent", "NoOptions", "Reply", "chunk_text", "with_text"]

@@ -15,11 +15,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..commands import CommandSpec
+from ..commands import CommandSpec, prepare_commands
 from ..exchange import get_exchange
 from ..kinds import COMPLETION_KINDS
 from ..types import ASGIApp, Receive, Scope, Send
-from .base import Agent, prepare_commands
+from .base import Agent
 from .builtins import BUILTIN_AGENTS, HelpCommand
 
 logger = logging.getLogger("ollama_smart_proxy.agents")
@@ -200,16 +200,15 @@ class AgentRegistry:
         ]
 
     def build(self, app: ASGIApp, *, prefix: str = "/") -> ASGIApp:
-        """Wrap ``app`` in every enabled agent, outermost first, under one command parser."""
+        """Every enabled agent, outermost first, over ``app``, as one layer."""
         listing = self.listing()
-        stack = app
-        for spec in reversed(self.ordered()):
+        agents = []
+        for spec in self.ordered():
             options = dict(spec.options)
             if issubclass(spec.cls, HelpCommand) and "commands" not in options:
                 options["commands"] = listing
-            stack = spec.cls(stack, prefix=prefix, **options)
-        always = any(spec.cls.activation == "always" for spec in self.ordered())
-        return CommandParser(stack, self.words(), prefix, app if not always else None)
+            agents.append(spec.cls(app, prefix=prefix, **options))
+        return CommandParser(app, agents=agents, words=self.words(), prefix=prefix)
 
     def describe(self) -> dict[str, Any]:
         order = {spec.name: index for index, spec in enumerate(self.ordered())}
@@ -220,34 +219,39 @@ class AgentRegistry:
 
 
 class CommandParser:
-    """Parse the commands of every registered agent at once, before any agent runs, so a
-    command is removed from the text even when its agent only rewrites responses."""
+    """The agents of the stack, as one layer: parse the commands of every agent at once,
+    before any agent runs (so a command is removed from the text even when its agent only
+    rewrites responses), then run the hooks of the agents this request activates, in order,
+    and hand the exchange to ``app``. An agent that is not activated costs nothing; an
+    agent's own requests (``call_ollama``) go to ``app`` too.
+
+    ``CommandParser(app, *, agents, words, prefix="/")``: ``agents`` were each built around
+    ``app``, outermost first.
+    """
 
     def __init__(
         self,
         app: ASGIApp,
-        words: dict[str, CommandSpec],
-        prefix: str,
-        terminal: ASGIApp | None = None,
+        *,
+        agents: Sequence[Agent] = (),
+        words: dict[str, CommandSpec] | None = None,
+        prefix: str = "/",
     ) -> None:
         self.app = app
-        self.words = words
+        self.agents = list(agents)
+        self.words = dict(words or {})
         self.prefix = prefix
-        #: The app under every agent, when no agent is always on: a request with no command
-        #: goes straight there instead of through layers that would all pass it on.
-        self.terminal = terminal
+        self.always = any(agent.activation == "always" for agent in self.agents)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         exchange = get_exchange(scope)
-        if exchange is not None and exchange.kind in COMPLETION_KINDS:
+        if exchange is not None and exchange.kind in COMPLETION_KINDS and self.agents:
             prepare_commands(exchange, self.prefix, self.words)
-            if exchange.command is not None or exchange.replays:
-                await self.app(scope, receive, send)
-                return
-        if self.terminal is not None:
-            await self.terminal(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
+            if self.always or exchange.command is not None or exchange.replays:
+                for agent in self.agents:
+                    if agent.activated(exchange) and await agent.handle(exchange, scope):
+                        return  # answered by the agent
+        await self.app(scope, receive, send)
 
 
 def _import_agents(name: str, path: Path) -> list[type[Agent]]:

@@ -7,8 +7,7 @@ from __future__ import annotations
 from typing import Unpack
 
 from .._json import dumps
-from .._limits import BodyLimits, LimitOptions
-from ..entry import Dialect, Endpoint, ModelEntry, Translation
+from ..entry import BodyLimits, Dialect, Endpoint, LimitOptions, ModelEntry, Translation
 from ..exchange import Exchange
 from ..types import ASGIApp, Scope
 from .render import MessagesEncoder

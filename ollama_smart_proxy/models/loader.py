@@ -80,6 +80,15 @@ class ModelLoader:
             app, catalogue_ttl=catalogue_ttl, pull_timeout=pull_timeout, on_pull=on_pull
         )
 
+    @property
+    def rewrites(self) -> bool:
+        """Whether any request needs the loader: an alias, a default model, auto-pull or a
+        ``keep_alive`` policy is configured (the proxy leaves an idle loader out of its
+        stack; a key limited to some models needs it too)."""
+        return bool(
+            self.aliases or self.default_model or self.auto_pull != "off" or self.keep_alive
+        )
+
     # -- policy -------------------------------------------------------------------------
 
     def may_pull(self, model: str) -> bool:
@@ -167,7 +176,7 @@ class ModelLoader:
             asked = self.default_model
         if not asked:
             return  # Ollama answers a request with no model as it does
-        model = self.aliases.resolve(asked)
+        model = self.aliases.resolve(asked) if self.aliases else asked
         # A key's models are checked here, where the name is known and nothing is pulled yet.
         if key is not None and not key.may_use(asked, model):
             raise PermissionDenied(

@@ -6,10 +6,9 @@ from collections.abc import Mapping
 from typing import Any, Unpack
 
 from .._json import dumps, loads
-from .._limits import BodyLimits, LimitOptions
 from .._pipeline import error_message
 from .._side import side_request
-from ..entry import Dialect, Endpoint, ModelEntry, Translation
+from ..entry import BodyLimits, Dialect, Endpoint, LimitOptions, ModelEntry, Translation
 from ..errors import UpstreamError, UpstreamStatusError
 from ..exchange import Exchange
 from ..names import Aliases

@@ -21,8 +21,8 @@ from ollama_smart_proxy import (
     ResponsesCompat,
     Translation,
 )
-from ollama_smart_proxy._limits import BodyLimits
 from ollama_smart_proxy.encoding import NativeEncoder
+from ollama_smart_proxy.entry import BodyLimits
 from ollama_smart_proxy.schemas import ChatRequest
 from ollama_smart_proxy.testing import FakeOllama
 from ollama_smart_proxy.types import Receive, Scope, Send

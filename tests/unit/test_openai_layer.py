@@ -108,9 +108,10 @@ async def test_an_alias_is_one_model_in_every_spelling_on_v1_models(spelling: st
     """``/v1/models/{id}`` resolves names with the loader's own table, as a chat does."""
     fake = FakeOllama()
     proxy = SmartProxy(Settings(aliases={"gpt-4o-mini": "llama3.2"}), transport=upstream(fake))
-    async with proxy, httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=proxy), base_url="http://p"
-    ) as client:
+    async with (
+        proxy,
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=proxy), base_url="http://p") as client,
+    ):
         shown = await client.get(f"/v1/models/{spelling}")
         chat = await client.post(
             "/v1/chat/completions",

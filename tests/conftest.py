@@ -67,3 +67,11 @@ def fake_url(fake: FakeOllama) -> Iterator[str]:
 def proxy_url(fake_url: str) -> Iterator[str]:
     with serve_in_thread(SmartProxy(Settings(upstream=fake_url))) as url:
         yield url
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Integration tests (real sockets, servers, CLIs) are ``slow``: ``pytest -m "not slow"``
+    is the fast loop of in-process unit tests."""
+    for item in items:
+        if "integration" in item.path.parts:
+            item.add_marker(pytest.mark.slow)

@@ -30,16 +30,12 @@ def test_first_chunk_arrives_before_upstream_finishes(
 ) -> None:
     fake.script(FakeReply(content=" ".join(["word"] * 20), delay=0.1))
     body = CHAT if path == "/api/chat" else {"model": "llama3.2", "prompt": "x"}
-    started = time.monotonic()
     with httpx.stream("POST", proxy_url + path, json=body, timeout=10) as response:
         pieces = response.iter_raw()
         first = next(pieces)
-        first_at = time.monotonic() - started
-        assert fake.completed_streams == 0  # the fake is still streaming
+        assert fake.completed_streams == 0  # the fake is still streaming: nothing buffered
         rest = first + b"".join(pieces)
-    total = time.monotonic() - started
     assert json.loads(first.split(b"\n")[0])["done"] is False
-    assert first_at < 1.0 < total
     assert json.loads(rest.splitlines()[-1])["done"] is True
 
 
@@ -47,9 +43,8 @@ def test_client_leaving_mid_stream_cancels_upstream(proxy_url: str, fake: FakeOl
     fake.script(FakeReply(content=" ".join(["tok"] * 500), delay=0.02))
     with httpx.stream("POST", proxy_url + "/api/chat", json=CHAT, timeout=10) as response:
         next(response.iter_bytes())
-    started = time.monotonic()
-    wait_for(lambda: fake.disconnects, timeout=3)
-    assert time.monotonic() - started < 1.0
+    # 500 tokens at 20 ms take 10 s: the fake sees the disconnect long before it could end.
+    wait_for(lambda: fake.disconnects, timeout=5)
     assert fake.completed_streams == 0
 
 
@@ -59,8 +54,8 @@ def test_client_leaving_before_first_byte_cancels_upstream(
     fake.script(FakeReply(content="late", first_delay=0.5, delay=0.5))
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(proxy_url + "/api/chat", json=CHAT, timeout=0.2)
-    wait_for(lambda: fake.requests, timeout=3)
-    time.sleep(1.5)
+    # Had the proxy kept the upstream request, the fake would finish its answer instead.
+    wait_for(lambda: fake.disconnects, timeout=5)
     assert fake.completed_streams == 0
 
 
@@ -97,11 +92,9 @@ def hanging_upstream() -> Iterator[str]:
 def test_upstream_hanging_is_504(hanging_upstream: str) -> None:
     app = SmartProxy(Settings(upstream=hanging_upstream, upstream_timeout=0.3))
     with serve_in_thread(app) as url:
-        started = time.monotonic()
         response = httpx.post(url + "/api/chat", json=CHAT, timeout=10)
         assert response.status_code == 504
         assert "did not answer within 0.3s" in response.json()["error"]
-        assert time.monotonic() - started < 3
         assert httpx.get(url + "/health/live").status_code == 200
         ready = httpx.get(url + "/health/ready", timeout=10)
         assert ready.status_code == 503
@@ -126,12 +119,10 @@ def test_upstream_down_is_502_and_health_503() -> None:
 def test_upstream_stalling_mid_stream_ends_with_error_line(fake_url: str, fake: FakeOllama) -> None:
     fake.script(FakeReply(content="a b c", delay=1.5))
     with serve_in_thread(SmartProxy(Settings(upstream=fake_url, upstream_timeout=0.3))) as url:
-        started = time.monotonic()
         response = httpx.post(url + "/api/chat", json=CHAT, timeout=10)
         chunks = [json.loads(line) for line in response.content.splitlines()]
     assert chunks[0]["message"]["content"] == "a"
     assert chunks[-1] == {"error": "Ollama sent nothing for 0.3s; the stream was closed"}
-    assert time.monotonic() - started < 1.4
 
 
 def test_the_pool_streams_and_reuses_its_connections(fake_url: str, fake: FakeOllama) -> None:

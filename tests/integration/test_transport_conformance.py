@@ -2,7 +2,7 @@
 
 Every transport we ship runs the same table. Each case says what the client of the proxy
 sees (status and body, or the end of its stream) and how many connections the upstream
-saw, which tells whether one was reused. The findings of the hardening review are named.
+saw, which tells whether one was reused. Each case is named by what it proves.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ CASES = [
         1,
     ),
     Case(
-        "finding 5: 100 Continue is skipped, not taken as the answer",
+        "100 Continue is skipped, not taken as the answer",
         [[b"HTTP/1.1 100 Continue\r\n\r\n" + ok(A)], [ok(B)]],
         [(200, A), (200, B)],
         1,
@@ -82,36 +82,36 @@ CASES = [
         [(502, None)],
     ),
     Case(
-        "finding 5: bytes after a complete answer poison nothing",
+        "bytes after a complete answer poison nothing",
         [[ok(A) + ok(b'{"alice":"secret"}')], [ok(B)]],
         [(200, A), (200, B)],
         2,
         fails_on={"httpcore": "h11 keeps the extra bytes and answers the next request with them"},
     ),
     Case(
-        "finding 5: bytes that arrive while idle close the connection",
+        "bytes that arrive while idle close the connection",
         [[ok(A), 0.05, ok(b'{"alice":"secret"}')], [ok(B)]],
         [(200, A), (200, B)],
         2,
         pause=0.3,
     ),
     Case(
-        "finding 7: conflicting Content-Length",
+        "conflicting Content-Length",
         [[HEAD_OK + b"content-length: 2\r\ncontent-length: 3\r\n\r\nabc"]],
         [(502, None)],
     ),
     Case(
-        "finding 7: signed Content-Length",
+        "signed Content-Length",
         [[HEAD_OK + b"content-length: -1\r\n\r\nab"]],
         [(502, None)],
     ),
     Case(
-        "finding 7: Content-Length 1_0",
+        "Content-Length 1_0",
         [[HEAD_OK + b"content-length: 1_0\r\n\r\nab"]],
         [(502, None)],
     ),
     Case(
-        "finding 7: non-numeric Content-Length is not re-sent",
+        "non-numeric Content-Length is not re-sent",
         [[HEAD_OK + b"content-length: x\r\n\r\nab"]],
         [(502, None)],
         method="POST",
@@ -119,7 +119,7 @@ CASES = [
         received=1,
     ),
     Case(
-        "finding 8: Content-Length and chunked together",
+        "Content-Length and chunked together",
         [
             [
                 HEAD_OK
@@ -130,40 +130,40 @@ CASES = [
         fails_on={"httpcore": "h11 accepts a smuggling-shaped answer"},
     ),
     Case(
-        "finding 7: status 2_00",
+        "status 2_00",
         [[b"HTTP/1.1 2_00 OK\r\ncontent-length: 0\r\n\r\n"]],
         [(502, None)],
     ),
     Case(
-        "finding 7: status 99999",
+        "status 99999",
         [[b"HTTP/1.1 99999 OK\r\ncontent-length: 0\r\n\r\n"]],
         [(502, None)],
     ),
     Case(
-        "finding 7: header line without a colon",
+        "header line without a colon",
         [[b"HTTP/1.1 200 OK\r\nno colon here\r\ncontent-length: 0\r\n\r\n"]],
         [(502, None)],
     ),
     Case(
-        "finding 7: obs-fold is not a new header",
+        "obs-fold is not a new header",
         [[b"HTTP/1.1 200 OK\r\nx-a: 1\r\n x-injected: 2\r\ncontent-length: 0\r\n\r\n"]],
         [(502, None)],
         per_transport={"httpcore": {"expect": [(200, b"")]}},
     ),
     Case(
-        "finding 7: control bytes in a header",
+        "control bytes in a header",
         [[b"HTTP/1.1 200 OK\r\nx-a: a\x01b\r\ncontent-length: 0\r\n\r\n"]],
         [(502, None)],
         per_transport={"httpcore": {"expect": [(200, b"")]}},
     ),
     Case(
-        "finding 13: bare LF answers fail at once instead of hanging",
+        "bare LF answers fail at once instead of hanging",
         [[b"HTTP/1.1 200 OK\ncontent-length: 2\n\nab", 5.0]],
         [(502, None)],
         per_transport={"httpcore": {"expect": [(200, b"ab")]}},
     ),
     Case(
-        "finding 13: HTTP/1.0 with a length is not pooled",
+        "HTTP/1.0 with a length is not pooled",
         [[b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nab"], [ok(B)]],
         [(200, b"ab"), (200, B)],
         2,
@@ -176,7 +176,7 @@ CASES = [
         per_transport={"httpcore": {"expect": [(502, None), (200, B)]}},
     ),
     Case(
-        "finding 10: a POST the upstream may have read is never re-sent",
+        "a POST the upstream may have read is never re-sent",
         [["close"]],
         [(502, None)],
         method="POST",
@@ -196,7 +196,7 @@ CASES = [
         1,
     ),
     Case(
-        "finding 13: a head over 64 KiB",
+        "a head over 64 KiB",
         [[b"HTTP/1.1 200 OK\r\n" + b"x-big: " + b"a" * 70_000 + b"\r\ncontent-length: 0\r\n\r\n"]],
         [(502, None)],
         per_transport={"httpcore": {"expect": [(200, b"")]}},
@@ -207,8 +207,7 @@ CASES = [
         [(200, A)],
     ),
     Case(
-        "finding 8: upstream header names reach the client lower-cased; Connection-named "
-        "headers are dropped",
+        "upstream header names reach the client lower-cased; Connection-named headers are dropped",
         [
             [
                 b"HTTP/1.1 200 OK\r\nX-Custom: 1\r\nConnection: x-hop\r\nx-hop: 2\r\n"
@@ -253,7 +252,7 @@ async def test_conformance(case: Case, transport: str) -> None:
                     assert response.content == body
                 if status == 502:
                     assert "Ollama" in response.json()["error"]
-                if case.name.startswith("finding 8: upstream header names"):
+                if case.name.startswith("upstream header names"):
                     assert response.headers["x-custom"] == "1"
                     assert "x-hop" not in response.headers
         if case.connections is not None:
@@ -263,7 +262,7 @@ async def test_conformance(case: Case, transport: str) -> None:
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-async def test_finding_5_one_clients_answer_never_reaches_another(transport: str) -> None:
+async def test_one_clients_answer_never_reaches_another(transport: str) -> None:
     """Alice's answer is followed by bytes that echo her credentials; Bob gets his own."""
     if transport == "httpcore":
         pytest.xfail("h11 answers Bob with the bytes that followed Alice's answer")
@@ -282,7 +281,7 @@ async def test_finding_5_one_clients_answer_never_reaches_another(transport: str
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-async def test_finding_6_a_negative_chunk_size_ends_the_stream(transport: str) -> None:
+async def test_a_negative_chunk_size_ends_the_stream(transport: str) -> None:
     answer = HEAD_OK.replace(b"json", b"x-ndjson") + b"transfer-encoding: chunked\r\n\r\n"
     async with scripted([answer + b"8\r\n" + A + b"\n\r\n-2\r\nab\r\n", 5.0]) as upstream:
         async with proxy_for(upstream.url, transport) as proxy:
@@ -297,7 +296,7 @@ async def test_finding_6_a_negative_chunk_size_ends_the_stream(transport: str) -
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-async def test_finding_13_an_unterminated_chunk_size_line_is_bounded(transport: str) -> None:
+async def test_an_unterminated_chunk_size_line_is_bounded(transport: str) -> None:
     answer = HEAD_OK + b"transfer-encoding: chunked\r\n\r\n" + b"1" * (4 * 1024 * 1024)
     async with scripted([answer, 5.0]) as upstream:
         async with proxy_for(upstream.url, transport) as proxy:
@@ -311,7 +310,7 @@ async def test_finding_13_an_unterminated_chunk_size_line_is_bounded(transport: 
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-async def test_finding_4_an_early_answer_to_an_upload_is_relayed(transport: str) -> None:
+async def test_an_early_answer_to_an_upload_is_relayed(transport: str) -> None:
     """Ollama answers a blob upload at once (400) and closes without reading the body."""
     if transport == "httpcore":
         pytest.xfail("httpcore writes the whole body before it reads an answer")
@@ -337,7 +336,7 @@ async def test_finding_4_an_early_answer_to_an_upload_is_relayed(transport: str)
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-async def test_finding_12_header_values_cannot_smuggle_lines(transport: str) -> None:
+async def test_header_values_cannot_smuggle_lines(transport: str) -> None:
     """The proxy's transport refuses CR/LF/NUL in a header value it would write."""
     if transport != "http11":
         pytest.skip("httpcore validates headers itself (h11)")

@@ -601,12 +601,13 @@ async def test_one_place_holds_the_prompt_after_the_command(fake: FakeOllama, pa
 
 
 @pytest.mark.slow
-def test_a_typed_agent_passes_mypy_strict(tmp_path: Path) -> None:
+def test_a_typed_agent_passes_mypy_strict() -> None:
     """What docs/agents.md shows, typed as a plugin author types it."""
     from mypy import api
 
-    source = EXAMPLES.parent / "tests" / "data" / "typed_agent.py"
-    out, err, status = api.run(
-        ["--strict", "--no-incremental", "--cache-dir", str(tmp_path), str(source)]
-    )
+    root = EXAMPLES.parent
+    source = root / "tests" / "data" / "typed_agent.py"
+    # The package's own cache (CI type-checks the package first): the agent alone is new.
+    cache = root / ".mypy_cache"
+    out, err, status = api.run(["--strict", "--cache-dir", str(cache), str(source)])
     assert status == 0, out + err

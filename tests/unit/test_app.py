@@ -15,6 +15,7 @@ from ollama_smart_proxy import Settings, SmartProxy, __version__
 from ollama_smart_proxy.access_log import JSONFormatter
 from ollama_smart_proxy.testing import FakeOllama, StreamingASGITransport
 from tests.conftest import upstream
+from tests.helpers import API, keyed
 
 pytestmark = pytest.mark.anyio
 
@@ -157,3 +158,25 @@ def test_a_proxy_that_forwards_to_itself_answers_508() -> None:
     assert response.status_code == 508
     assert "the upstream" in response.json()["error"]
     assert "is the proxy itself" in response.json()["error"]
+
+
+async def test_cors_preflight_allowed_and_refused() -> None:
+    _, client = keyed(FakeOllama(), cors_origins=["https://chat.example"])
+    preflight = {
+        "origin": "https://chat.example",
+        "access-control-request-method": "POST",
+        "access-control-request-headers": "authorization, content-type",
+    }
+    allowed = await client.options("/v1/chat/completions", headers=preflight)
+    assert allowed.status_code == 200  # no key needed: browsers send none on a preflight
+    assert allowed.headers["access-control-allow-origin"] == "https://chat.example"
+    refused = await client.options(
+        "/v1/chat/completions", headers={**preflight, "origin": "https://evil.example"}
+    )
+    assert "access-control-allow-origin" not in refused.headers
+    real = await client.get(
+        "/api/tags",
+        headers={"origin": "https://chat.example", "authorization": f"Bearer {API}"},
+    )
+    assert real.headers["access-control-allow-origin"] == "https://chat.example"
+    assert "x-request-id" in real.headers["access-control-expose-headers"]

@@ -21,6 +21,7 @@ def test_flags_win_over_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert [str(p) for p in settings.plugins_dirs] == ["a", "b"]
 
 
+@pytest.mark.slow
 def test_invalid_settings_exit_2() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "ollama_smart_proxy", "--upstream", "ftp://nope"],
@@ -40,6 +41,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_demo_serves_without_ollama(workers: int) -> None:
     port = free_port()
@@ -102,12 +104,14 @@ def run_launcher(*args: str, env: dict[str, str] | None = None) -> subprocess.Co
     )
 
 
+@pytest.mark.slow
 def test_not_a_url_is_refused() -> None:
     result = run_launcher("--upstream", "not a url")
     assert result.returncode == 2
     assert "upstream is not a URL or a host: 'not a url'" in result.stderr
 
 
+@pytest.mark.slow
 def test_busy_port_names_the_port_and_the_way_out() -> None:
     import socket
 
@@ -123,6 +127,7 @@ def test_busy_port_names_the_port_and_the_way_out() -> None:
     assert "listening" not in result.stdout  # nothing claims to listen before the bind
 
 
+@pytest.mark.slow
 def test_a_proxy_that_is_its_own_upstream_is_refused() -> None:
     # A user exported OLLAMA_HOST for their clients, then started the proxy in that shell.
     result = run_launcher("--port", "11999", env={"OLLAMA_HOST": "127.0.0.1:11999"})

@@ -106,6 +106,7 @@ def test_paths_are_not_commands(path: str, rest: str) -> None:
     assert parse(path + rest, "/", WORDS) is None
 
 
+@pytest.mark.slow
 @given(
     word=registered,
     words=st.lists(st.from_regex(r"[A-Za-z0-9.+-]{1,8}", fullmatch=True), max_size=6),

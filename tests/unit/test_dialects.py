@@ -27,6 +27,7 @@ schema = st.fixed_dictionaries({"type": st.just("object"), "properties": st.just
 # -- requests: no claimed field lost ----------------------------------------------------------
 
 
+@pytest.mark.slow
 @given(
     instructions=st.none() | text,
     turns=st.lists(st.tuples(st.sampled_from(["user", "assistant", "developer"]), text), min_size=1, max_size=5),
@@ -84,6 +85,7 @@ def test_responses_requests_lose_nothing(
     assert request.think == ({"minimal": "low"}.get(effort, effort) if effort else None)
 
 
+@pytest.mark.slow
 @given(
     system=st.none() | text,
     turns=st.lists(st.tuples(st.sampled_from(["user", "assistant"]), text), min_size=1, max_size=5),
@@ -263,6 +265,7 @@ def anthropic_answer(message: Any) -> tuple[str, str, list[Any]]:
     return texts, thoughts, uses
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None)
 @given(thinking=pieces, content=pieces, tool_calls=calls)
 def test_responses_stream_and_whole_parse_alike(
@@ -279,6 +282,7 @@ def test_responses_stream_and_whole_parse_alike(
     assert streamed_calls == whole_calls == tool_calls
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None)
 @given(thinking=pieces, content=pieces, tool_calls=calls)
 def test_anthropic_stream_and_whole_parse_alike(
@@ -332,6 +336,7 @@ def expected(messages: list[dict[str, Any]]) -> tuple[str, str, list[Any]]:
     )
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None)
 @given(messages=mixed)
 def test_responses_mixed_chunks_lose_nothing(messages: list[dict[str, Any]]) -> None:
@@ -349,6 +354,7 @@ def test_responses_mixed_chunks_lose_nothing(messages: list[dict[str, Any]]) -> 
     assert answer(final) == answer(once) == expected(messages)
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None)
 @given(messages=mixed)
 def test_anthropic_mixed_chunks_lose_nothing(messages: list[dict[str, Any]]) -> None:

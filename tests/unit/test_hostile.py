@@ -1,6 +1,6 @@
 """Hostile input: paths, bodies and conversations that once froze, crashed or slipped past.
 
-The findings of the hardening review are named where a test covers one.
+Each section names the property it holds.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ async def asgi(
     return {"status": sent[0]["status"], "body": body_sent, "unread": len(pieces)}
 
 
-# -- finding 2: the path that is routed is the path that is forwarded ---------------------
+# -- the path that is routed is the path that is forwarded ---------------------
 
 SEGMENTS = st.sampled_from(
     [
@@ -80,6 +80,7 @@ SEGMENTS = st.sampled_from(
 )  # fmt: skip
 
 
+@pytest.mark.slow
 @SLOW
 @given(
     prefix=st.sampled_from(["/api/", "/v1/", "/", "/api/blobs/"]),
@@ -115,7 +116,7 @@ async def test_any_path_is_refused_or_reaches_ollama_as_routed(
         b"/api/chat%00",
     ],
 )
-async def test_finding_2_encoded_tricks_never_reach_ollama(raw: bytes) -> None:
+async def test_encoded_path_tricks_never_reach_ollama(raw: bytes) -> None:
     fake = FakeOllama()
     proxy = SmartProxy(transport=upstream(fake))
     result = await asgi(proxy, "POST", raw, b'{"model":"llama3.2","messages":[]}')
@@ -123,7 +124,7 @@ async def test_finding_2_encoded_tricks_never_reach_ollama(raw: bytes) -> None:
     assert fake.requests == []
 
 
-# -- finding 9: junk is a 4xx, never a 500 ------------------------------------------------
+# -- junk is a 4xx, never a 500 ------------------------------------------------
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
@@ -150,6 +151,7 @@ ROUTES = [
 ]
 
 
+@pytest.mark.slow
 @SLOW
 @given(route=st.sampled_from(ROUTES), body=bodies | json_values)
 async def test_no_body_gives_a_500(route: str, body: Any) -> None:
@@ -177,14 +179,14 @@ async def test_no_body_gives_a_500(route: str, body: Any) -> None:
                                   "tools": [{"function": "x"}], "tool_choice": {"function": {}}}),
     ],
 )  # fmt: skip
-async def test_finding_9_the_reviewed_crashes_are_400s(route: str, body: Any) -> None:
+async def test_bodies_that_once_crashed_a_translation_are_400s(route: str, body: Any) -> None:
     proxy = SmartProxy(transport=upstream(FakeOllama()))
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     result = await asgi(proxy, "POST", route.encode(), raw)
     assert result["status"] == 400, result["body"]
 
 
-# -- finding 1: commands in linear time ----------------------------------------------------
+# -- commands in linear time ----------------------------------------------------
 
 
 def conversation(count: int) -> list[dict[str, str]]:
@@ -195,7 +197,7 @@ def conversation(count: int) -> list[dict[str, str]]:
     return messages
 
 
-async def test_finding_1_replayed_commands_are_linear(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_replayed_commands_are_linear(monkeypatch: pytest.MonkeyPatch) -> None:
     """8,000 messages that each replay ``/set system`` (38 s before the fix): the system
     prompt is set once, the message list is rebuilt once, and a concurrent probe answers."""
     calls = 0
@@ -273,7 +275,7 @@ async def test_clear_many_times_is_linear() -> None:
     assert fake.calls("/api/chat")[-1].json["messages"] == [{"role": "user", "content": "fresh"}]
 
 
-# -- finding 13: what came from a client cannot forge a log line ---------------------------
+# -- what came from a client cannot forge a log line ---------------------------
 
 
 async def test_log_lines_escape_the_clients_path(caplog: pytest.LogCaptureFixture) -> None:

@@ -42,12 +42,14 @@ def outcome(parse: Any, raw: bytes) -> tuple[str, Any]:
         return "error", str(exc).partition(" at line ")[0]
 
 
+@pytest.mark.slow
 @given(values)
 def test_valid_json_parses_to_the_same_value(value: Any) -> None:
     raw = json.dumps(value).encode()
     assert _json.parse_body(raw) == reference(raw) == value
 
 
+@pytest.mark.slow
 @given(st.binary(max_size=64) | values.map(lambda v: json.dumps(v).encode()[:-1]))
 def test_any_bytes_give_the_same_value_or_the_same_error(raw: bytes) -> None:
     assert outcome(_json.parse_body, raw) == outcome(reference, raw)

@@ -29,6 +29,7 @@ def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
     return [data[a:b] for a, b in itertools.pairwise(points)]
 
 
+@pytest.mark.slow
 @given(
     values=st.lists(
         st.one_of(json_values, st.fixed_dictionaries({"content": tricky_text})), min_size=1

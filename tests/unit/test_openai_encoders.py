@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx2
 import openai
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -295,6 +296,7 @@ piece = st.fixed_dictionaries(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None)
 @given(
     pieces=st.lists(piece, max_size=8), prompt=st.integers(0, 500), completion=st.integers(0, 500)

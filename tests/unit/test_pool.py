@@ -1,5 +1,5 @@
-"""The llhttp pool alone: parsing under any packet boundary, and the findings that need a
-clock or a cancellation rather than scripted bytes."""
+"""The llhttp pool alone: parsing under any packet boundary, and what needs a clock or a
+cancellation rather than scripted bytes (slots freed, idle watchdog, write timeout)."""
 
 from __future__ import annotations
 
@@ -104,11 +104,11 @@ def test_malformed_answers_fail_cleanly(loop: asyncio.AbstractEventLoop) -> None
     assert "chunk size" in str(conn.error)
 
 
-# -- findings that need time or cancellation ----------------------------------------------
+# -- what needs time or cancellation ------------------------------------------------------
 
 
 @pytest.mark.anyio
-async def test_finding_3_a_client_that_leaves_during_connect_frees_its_slot() -> None:
+async def test_a_client_that_leaves_during_connect_frees_its_slot() -> None:
     pool = _Pool("127.0.0.1", 9, None, 1, 30.0, asyncio.get_running_loop())
     started = asyncio.Event()
 
@@ -127,7 +127,7 @@ async def test_finding_3_a_client_that_leaves_during_connect_frees_its_slot() ->
 
 
 @pytest.mark.anyio
-async def test_finding_3_the_pool_recovers_after_clients_gave_up() -> None:
+async def test_the_pool_recovers_after_clients_gave_up() -> None:
     """Three clients leave during slow connects to a 3-connection pool; later requests work."""
     async with scripted([ok(b"1")], [ok(b"2")]) as upstream:
         transport = HTTP11Transport(limits=httpx.Limits(max_connections=3))
@@ -165,8 +165,9 @@ async def _get(transport: HTTP11Transport, url: str) -> bytes:
         await response.aclose()
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
-async def test_finding_11_the_idle_watchdog_sleeps_while_the_client_is_slow() -> None:
+async def test_the_idle_watchdog_sleeps_while_the_client_is_slow() -> None:
     """A slow client holds the stream far longer than the upstream timeout: the watchdog
     does not fire for that time (it used to reschedule itself in a busy loop)."""
     body = b"x" * (3 * 1024 * 1024)
@@ -199,7 +200,7 @@ async def test_finding_11_the_idle_watchdog_sleeps_while_the_client_is_slow() ->
 
 
 @pytest.mark.anyio
-async def test_finding_13_the_write_timeout_applies() -> None:
+async def test_the_write_timeout_applies() -> None:
     """An upstream that reads nothing of an upload and answers nothing: a write timeout."""
     async with scripted([30.0], read_body=False) as upstream:
         transport = HTTP11Transport()

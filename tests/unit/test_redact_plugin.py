@@ -8,6 +8,7 @@ from pathlib import Path
 from types import ModuleType
 
 import anyio
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -48,6 +49,7 @@ pieces = st.lists(
 ).map(" ".join)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(text=pieces, cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=20))
 def test_any_chunking_masks_like_the_whole_text(text: str, cuts: list[int]) -> None:

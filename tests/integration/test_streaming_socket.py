@@ -28,7 +28,7 @@ def wait_for(condition: object, timeout: float = 5.0) -> None:
 def test_first_chunk_arrives_before_upstream_finishes(
     proxy_url: str, fake: FakeOllama, path: str
 ) -> None:
-    fake.script(FakeReply(content=" ".join(["word"] * 20), delay=0.1))
+    fake.script(FakeReply(content=" ".join(["word"] * 20), delay=0.05))
     body = CHAT if path == "/api/chat" else {"model": "llama3.2", "prompt": "x"}
     with httpx.stream("POST", proxy_url + path, json=body, timeout=10) as response:
         pieces = response.iter_raw()
@@ -90,7 +90,7 @@ def hanging_upstream() -> Iterator[str]:
 
 
 def test_upstream_hanging_is_504(hanging_upstream: str) -> None:
-    app = SmartProxy(Settings(upstream=hanging_upstream, upstream_timeout=0.3))
+    app = SmartProxy(Settings(upstream=hanging_upstream, upstream_timeout=0.3, health_timeout=0.3))
     with serve_in_thread(app) as url:
         response = httpx.post(url + "/api/chat", json=CHAT, timeout=10)
         assert response.status_code == 504

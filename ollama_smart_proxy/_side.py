@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 from pydantic import ValidationError
 
-from ._http import json_request_headers
+from ._http import json_request_headers, replay_receive
 from ._json import dumps
 from ._keys import KEY_SCOPE_KEY
 from ._pipeline import run_exchange
@@ -106,16 +106,7 @@ async def side_request(
     else:
         raw = dumps(body) if body is not None else b""
         inner["headers"] = json_request_headers(base["headers"], len(raw))
-        sent = False
-
-        async def receive() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": raw, "more_body": False}
-            return await _never_disconnects()
-
-        await app(inner, receive, collect)
+        await app(inner, replay_receive(raw, _never_disconnects), collect)
     return status, b"".join(chunks)
 
 

@@ -15,13 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
 
-from .kinds import COMPLETION_KINDS
 from .schemas import ChatRequest, GenerateRequest, Message, ModelRequest
-
-if TYPE_CHECKING:
-    from .exchange import Exchange
 
 
 @dataclass(frozen=True)
@@ -202,24 +197,6 @@ def _collapse(replays: list[SlashCall], commands: Mapping[str, CommandSpec]) -> 
     return out
 
 
-def prepare_commands(exchange: Exchange, prefix: str, words: dict[str, CommandSpec]) -> None:
-    """Parse an exchange's commands once per set of words (the stack's, then an agent's
-    own); the first command found is the current one."""
-    known = exchange.parsed_words
-    if not words or words.keys() <= known or exchange.kind not in COMPLETION_KINDS:
-        return
-    new = {word: spec for word, spec in words.items() if word not in known}
-    known.update(new)
-    if not isinstance(exchange.request, ChatRequest | GenerateRequest):
-        return
-    found = parse_commands(exchange.request, prefix, new)
-    if found.changed:
-        exchange.changed()
-    if exchange.command is None:
-        exchange.command = found.current
-    exchange.replays.extend(found.replays)
-
-
 __all__ = [
     "CommandSpec",
     "ParsedCommands",
@@ -228,6 +205,5 @@ __all__ = [
     "Splitter",
     "parse",
     "parse_commands",
-    "prepare_commands",
     "split_words",
 ]

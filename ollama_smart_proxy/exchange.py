@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._json import now_rfc3339
-from .commands import SlashCall
+from .commands import CommandSpec, SlashCall, parse_commands
 from .encoding import Chunk
 from .errors import Dialect
-from .kinds import ExchangeKind
-from .schemas import ModelRequest, dump_request
+from .kinds import COMPLETION_KINDS, ExchangeKind
+from .schemas import ChatRequest, GenerateRequest, ModelRequest, dump_request
 from .types import Scope
 
 if TYPE_CHECKING:
@@ -103,6 +103,23 @@ class Exchange:
         """The model the request names now (``name`` for ``/api/show``'s old spelling)."""
         request = self.request
         return request.model or getattr(request, "name", None)
+
+    def parse_commands(self, prefix: str, words: dict[str, CommandSpec]) -> None:
+        """Parse the slash commands of ``words`` once (the stack's, then an agent's own):
+        the first command found is the current one, session commands are replays."""
+        known = self.parsed_words
+        if not words or words.keys() <= known or self.kind not in COMPLETION_KINDS:
+            return
+        new = {word: spec for word, spec in words.items() if word not in known}
+        known.update(new)
+        if not isinstance(self.request, ChatRequest | GenerateRequest):
+            return
+        found = parse_commands(self.request, prefix, new)
+        if found.changed:
+            self.changed()
+        if self.command is None:
+            self.command = found.current
+        self.replays.extend(found.replays)
 
     def changed(self) -> None:
         """Say that ``request`` was changed: it is serialised again instead of the raw body."""

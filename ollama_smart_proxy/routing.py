@@ -16,60 +16,19 @@ from typing import Literal
 from urllib.parse import unquote_to_bytes
 
 from .errors import Dialect
+from .kinds import (
+    ADMIN_KINDS,
+    GENERATION_KINDS,
+    NATIVE_KINDS,
+    OPENAI_KINDS,
+    PROXY_KINDS,
+)
 from .types import Scope
 
 #: Which part of the proxy serves a route.
 Family = Literal["native", "openai", "responses", "anthropic", "proxy", "none", "invalid"]
 
 ROUTE_KEY = "ollama_smart_proxy.route"
-
-#: Native endpoints by path (the rest of ``/api/...`` is kind ``"api"``).
-NATIVE_KINDS = {
-    "/": "root",
-    "/api/chat": "chat",
-    "/api/generate": "generate",
-    "/api/embed": "embed",
-    "/api/embeddings": "embeddings",
-    "/api/show": "show",
-    "/api/tags": "tags",
-    "/api/ps": "ps",
-    "/api/version": "version",
-    "/api/pull": "pull",
-    "/api/push": "push",
-    "/api/create": "create",
-    "/api/copy": "copy",
-    "/api/delete": "delete",
-}
-#: OpenAI endpoints, served under ``/v1`` and bare.
-OPENAI_KINDS = {
-    "/chat/completions": "openai.chat",
-    "/completions": "openai.completions",
-    "/embeddings": "openai.embeddings",
-    "/models": "openai.models",
-}
-PROXY_KINDS = {
-    "/health": "health",
-    "/health/ready": "health.ready",
-    "/health/live": "health.live",
-    "/plugins": "plugins",
-    "/metrics": "metrics",
-}
-#: Native endpoints that change what the server holds (models, blobs).
-ADMIN_KINDS = frozenset({"pull", "push", "create", "copy", "delete", "blobs"})
-#: Endpoints that make Ollama run a model (chat, generate, embeddings), in any dialect.
-GENERATION_KINDS = frozenset(
-    {
-        "chat",
-        "generate",
-        "embed",
-        "embeddings",
-        "openai.chat",
-        "openai.completions",
-        "openai.embeddings",
-        "responses",
-        "messages",
-    }
-)
 
 # Encoded separators and controls: their decoding would differ from what we route on.
 _AMBIGUOUS = re.compile(rb"%(?:2f|5c|3f|23|0[0-9a-f]|1[0-9a-f]|7f)", re.IGNORECASE)

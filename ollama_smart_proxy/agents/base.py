@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .._json import loads
 from .._side import side_request
-from ..commands import CommandSpec, SlashCall, prepare_commands, split_words
+from ..commands import CommandSpec, SlashCall, split_words
 from ..encoding import Chunk
 from ..errors import ProxyError
 from ..exchange import Exchange, get_exchange, native_answer, text_chunk
@@ -225,7 +225,7 @@ class Agent:
         agent answered it (a ``Reply``) and nothing is to go further."""
         if exchange.kind not in COMPLETION_KINDS:
             return False
-        prepare_commands(exchange, self.prefix, self._words)
+        exchange.parse_commands(self.prefix, self._words)
         if not self.activated(exchange):
             return False
         words = self._words

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..commands import CommandSpec, prepare_commands
+from ..commands import CommandSpec
 from ..exchange import get_exchange
 from ..kinds import COMPLETION_KINDS
 from ..types import ASGIApp, Receive, Scope, Send
@@ -247,7 +247,7 @@ class CommandParser:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         exchange = get_exchange(scope)
         if exchange is not None and exchange.kind in COMPLETION_KINDS and self.agents:
-            prepare_commands(exchange, self.prefix, self.words)
+            exchange.parse_commands(self.prefix, self.words)
             if self.always or exchange.command is not None or exchange.replays:
                 for agent in self.agents:
                     if agent.activated(exchange) and await agent.handle(exchange, scope):

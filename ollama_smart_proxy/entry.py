@@ -31,7 +31,13 @@ from .errors import ProxyError, RequestError, RequestTooLarge
 from .exchange import SCOPE_KEY, Exchange
 from .kinds import PARSED_KINDS
 from .routing import Family, route_of
-from .schemas import REQUEST_TYPES, ModelRequest, describe_validation_error, parse_json_body
+from .schemas import (
+    REQUEST_TYPES,
+    ModelRequest,
+    check_ollama_reads_what_we_read,
+    describe_validation_error,
+    parse_json_body,
+)
 from .types import ASGIApp, Message, Receive, Scope, Send
 
 #: The fewest bytes a message takes in a JSON array: ``{"role":""},``.
@@ -252,6 +258,7 @@ def _native(kind: str) -> Translate:
 
     def translate(raw: bytes, limits: BodyLimits) -> Translation:
         request = limits.parse_native(kind, raw)
+        check_ollama_reads_what_we_read(request)  # the client's own bytes go upstream
         return Translation(Exchange(exchange_kind, request, raw=raw), NativeEncoder())
 
     return translate

@@ -149,6 +149,76 @@ def _is_union_tag(item: object) -> bool:
     )
 
 
+def go_fold(name: str) -> str:
+    """``name`` as Go's ``encoding/json`` folds an object key to match it to a struct field:
+    ASCII letters upper-cased, any other letter replaced by the smallest of its simple case
+    folds (the long s, U+017F, is ``S``; the Kelvin sign, U+212A, is ``K``). Ollama matches keys to fields so."""
+    return "".join(_fold_char(char) for char in name)
+
+
+def _fold_char(char: str) -> str:
+    if char < "\x80":
+        return char.upper()
+    orbit = {char}
+    todo = [char]
+    while todo:
+        current = todo.pop()
+        for other in (current.upper(), current.lower(), current.casefold()):
+            if len(other) == 1 and other not in orbit:
+                orbit.add(other)
+                todo.append(other)
+    return min(orbit)
+
+
+_FOLDED_FIELDS: dict[type[BaseModel], dict[str, str]] = {}
+
+
+def _folded_fields(model: type[BaseModel]) -> dict[str, str]:
+    folded = _FOLDED_FIELDS.get(model)
+    if folded is None:
+        folded = _FOLDED_FIELDS[model] = {go_fold(name): name for name in model.model_fields}
+    return folded
+
+
+def _colliding_key(item: BaseModel) -> tuple[str, str] | None:
+    extra = item.__pydantic_extra__
+    if not extra:
+        return None
+    fields = _folded_fields(type(item))
+    for key in extra:
+        field = fields.get(go_fold(key))
+        if field is not None:
+            return key, field
+    return None
+
+
+def check_ollama_reads_what_we_read(request: BaseModel) -> None:
+    """400 for a body in which Ollama would read a field other than the one we checked.
+
+    Go's decoder matches object keys to fields without regard to case (and the last match
+    wins), so ``{"model": "llama3.2", "MODEL": "qwen3"}`` is ``llama3.2`` to us and
+    ``qwen3`` to Ollama. Any key that folds to a field of ours but is not spelled as it is
+    refused, in the request and in each message and tool call. (Keys spelled twice the same
+    way agree: both take the last.)
+    """
+    found = _colliding_key(request)
+    if found is None and isinstance(request, ChatRequest) and request.messages:
+        for message in request.messages:
+            if message.__pydantic_extra__:
+                found = _colliding_key(message)
+            for call in message.tool_calls or ():
+                found = found or _colliding_key(call) or _colliding_key(call.function)
+            if found is not None:
+                break
+    if found is not None:
+        key, field = found
+        raise RequestError(
+            f"the request body has the key {key!r}, which Ollama reads as {field!r} (it "
+            f"matches keys without regard to case): send {field!r} once, spelled so",
+            param=key,
+        )
+
+
 def parse_json_body(body: bytes) -> Any:
     """Parse a client's JSON body once; 400 for bad JSON."""
     try:
@@ -174,7 +244,9 @@ __all__ = [
     "ShowRequest",
     "ToolCall",
     "ToolCallFunction",
+    "check_ollama_reads_what_we_read",
     "describe_validation_error",
     "dump_request",
+    "go_fold",
     "parse_json_body",
 ]

@@ -32,13 +32,27 @@ NATIVE_KINDS = {
     "/api/create": "create",
     "/api/copy": "copy",
     "/api/delete": "delete",
+    "/api/status": "status",
+    "/api/me": "me",
+    "/api/signout": "signout",
+    "/api/experimental/web_search": "web_search",
+    "/api/experimental/web_fetch": "web_fetch",
+    "/api/experimental/model-recommendations": "model_recommendations",
 }
+#: Native routes whose last segment is a parameter, by prefix.
+NATIVE_PREFIX_KINDS = {"/api/blobs/": "blobs", "/api/user/keys/": "user_keys"}
 #: OpenAI endpoints, served under ``/v1`` and bare.
 OPENAI_KINDS = {
     "/chat/completions": "openai.chat",
     "/completions": "openai.completions",
     "/embeddings": "openai.embeddings",
     "/models": "openai.models",
+}
+#: OpenAI routes Ollama serves that the proxy passes through as they are (under ``/v1``).
+OPENAI_PASSTHROUGH_KINDS = {
+    "/v1/images/generations": "openai.images.generations",
+    "/v1/images/edits": "openai.images.edits",
+    "/v1/audio/transcriptions": "openai.audio.transcriptions",
 }
 #: The proxy's own endpoints.
 PROXY_KINDS = {
@@ -61,22 +75,74 @@ PARSED_KINDS: dict[str, ExchangeKind] = {
 COMPLETION_KINDS: frozenset[str] = frozenset({"chat", "generate"})
 #: Exchange kinds that make Ollama run the model: a missing one is pulled for them.
 RUN_KINDS: frozenset[str] = frozenset({"chat", "generate", "embed", "embeddings"})
+
+#: What a route does, for the route policy: ``generation`` runs a model (admission, the
+#: key's models); ``read`` only reads; ``admin`` changes what the server holds; ``account``
+#: acts with, or on, the credentials of the server's ollama.com account; ``proxy`` is ours.
+RouteClass = Literal["generation", "read", "admin", "account", "proxy"]
+
+#: Ollama's routes by method and kind, as ``GenerateRoutes`` in Ollama's
+#: ``server/routes.go`` declares them (read at commit 00188139f12f, 2026), with the proxy's
+#: own. A method and route not here is unknown: admin-only when keys are in use.
+ROUTE_TABLE: dict[tuple[str, str], RouteClass] = {
+    ("GET", "root"): "read",
+    ("HEAD", "root"): "read",
+    ("GET", "version"): "read",
+    ("HEAD", "version"): "read",
+    ("GET", "status"): "read",
+    ("POST", "pull"): "admin",
+    ("POST", "push"): "admin",
+    ("GET", "tags"): "read",
+    ("HEAD", "tags"): "read",
+    ("POST", "show"): "read",
+    ("DELETE", "delete"): "admin",
+    ("POST", "me"): "account",
+    ("POST", "signout"): "account",
+    ("DELETE", "user_keys"): "account",
+    ("POST", "create"): "admin",
+    ("POST", "blobs"): "admin",
+    ("HEAD", "blobs"): "read",
+    ("POST", "copy"): "admin",
+    ("POST", "web_search"): "account",
+    ("POST", "web_fetch"): "account",
+    ("GET", "model_recommendations"): "read",
+    ("GET", "ps"): "read",
+    ("POST", "generate"): "generation",
+    ("POST", "chat"): "generation",
+    ("POST", "embed"): "generation",
+    ("POST", "embeddings"): "generation",
+    ("POST", "openai.chat"): "generation",
+    ("POST", "openai.completions"): "generation",
+    ("POST", "openai.embeddings"): "generation",
+    ("GET", "openai.models"): "read",
+    ("HEAD", "openai.models"): "read",
+    ("GET", "openai.model"): "read",
+    ("HEAD", "openai.model"): "read",
+    ("POST", "responses"): "generation",
+    ("POST", "openai.images.generations"): "generation",
+    ("POST", "openai.images.edits"): "generation",
+    ("POST", "openai.audio.transcriptions"): "generation",
+    ("POST", "messages"): "generation",
+    ("POST", "count_tokens"): "read",
+    **{(method, kind): "proxy" for kind in PROXY_KINDS.values() for method in ("GET", "HEAD")},
+}
+
+
+def route_class(method: str, kind: str) -> RouteClass | None:
+    """The class of a route (``None``: a route the table does not know)."""
+    return ROUTE_TABLE.get((method, kind))
+
+
 #: Route kinds that make Ollama run a model, in any dialect (admission, tokens, metrics).
 GENERATION_KINDS: frozenset[str] = frozenset(
-    {
-        "chat",
-        "generate",
-        "embed",
-        "embeddings",
-        "openai.chat",
-        "openai.completions",
-        "openai.embeddings",
-        "responses",
-        "messages",
-    }
+    kind for (_, kind), what in ROUTE_TABLE.items() if what == "generation"
 )
-#: Native route kinds that change what the server holds (models, blobs): admin routes.
-ADMIN_KINDS: frozenset[str] = frozenset({"pull", "push", "create", "copy", "delete", "blobs"})
+#: Generation routes the proxy passes through without reading their body (no exchange).
+UNPARSED_GENERATION_KINDS: frozenset[str] = frozenset(OPENAI_PASSTHROUGH_KINDS.values())
+#: Native route kinds that change what the server holds (models, blobs).
+ADMIN_KINDS: frozenset[str] = frozenset(
+    kind for (_, kind), what in ROUTE_TABLE.items() if what == "admin"
+)
 #: Native route kinds after which the list of installed models is different.
 CATALOGUE_CHANGES: frozenset[str] = frozenset({"pull", "push", "create", "copy", "delete"})
 #: Route kinds anyone may call, keys or not: an orchestrator's probes send no credentials.
@@ -89,10 +155,16 @@ __all__ = [
     "COMPLETION_KINDS",
     "GENERATION_KINDS",
     "NATIVE_KINDS",
+    "NATIVE_PREFIX_KINDS",
     "OPENAI_KINDS",
+    "OPENAI_PASSTHROUGH_KINDS",
     "OPEN_KINDS",
     "PARSED_KINDS",
     "PROXY_KINDS",
+    "ROUTE_TABLE",
     "RUN_KINDS",
+    "UNPARSED_GENERATION_KINDS",
     "ExchangeKind",
+    "RouteClass",
+    "route_class",
 ]

@@ -20,7 +20,9 @@ from .kinds import (
     ADMIN_KINDS,
     GENERATION_KINDS,
     NATIVE_KINDS,
+    NATIVE_PREFIX_KINDS,
     OPENAI_KINDS,
+    OPENAI_PASSTHROUGH_KINDS,
     PROXY_KINDS,
 )
 from .types import Scope
@@ -72,7 +74,10 @@ def _classify(path: str) -> tuple[Family, str, Dialect]:
     if kind is not None:
         return "native", kind, "ollama"
     if path.startswith("/api/"):
-        return "native", "blobs" if path.startswith("/api/blobs/") else "api", "ollama"
+        for prefix, prefixed in NATIVE_PREFIX_KINDS.items():
+            if path.startswith(prefix) and len(path) > len(prefix):
+                return "native", prefixed, "ollama"
+        return "native", "api", "ollama"
     kind = PROXY_KINDS.get(path)
     if kind is not None:
         return "proxy", kind, "ollama"
@@ -88,8 +93,12 @@ def _classify(path: str) -> tuple[Family, str, Dialect]:
         return "anthropic", "messages", "anthropic"
     if path == "/v1/messages/count_tokens":
         return "anthropic", "count_tokens", "anthropic"
+    kind = OPENAI_PASSTHROUGH_KINDS.get(path)
+    if kind is not None:
+        return "native", kind, "openai"
     if path.startswith("/v1/"):
-        # Any other route Ollama serves under /v1 goes through as it is, never hidden.
+        # Any other route under /v1 goes through as it is, never hidden (an unknown route:
+        # admin-only when keys are in use).
         return "native", "v1", "openai"
     return "none", "unknown", "openai" if path == "/v1" else "ollama"
 

@@ -226,3 +226,20 @@ async def test_a_client_held_back_for_affinity_that_leaves_never_reaches_ollama(
         await until(lambda: admission.queued == 0)
     assert [r.json["model"] for r in fake.calls("/api/chat")] == ["llama3.2"]
     assert admission.in_flight == 0
+
+
+async def test_generation_routes_passed_through_wait_for_a_place_too() -> None:
+    fake = FakeOllama()
+    fake.script(FakeReply(content="slow", first_delay=30))  # holds the only place
+    proxy, client, admission = queueing(fake, max_concurrent=1)
+    async with anyio.create_task_group() as group:
+        group.start_soon(post, client, CHAT)
+        await until(lambda: admission.in_flight == 1)
+
+        async def image() -> None:
+            await client.post("/v1/images/generations", json={"model": "x", "prompt": "a cat"})
+
+        group.start_soon(image)
+        await until(lambda: admission.queued == 1)  # held behind the generation
+        assert [r.path for r in fake.requests] == ["/api/chat"]
+        group.cancel_scope.cancel()

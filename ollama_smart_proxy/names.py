@@ -47,12 +47,36 @@ def same(a: str, b: str) -> bool:
     return canonical(a) == canonical(b)
 
 
+def parts(name: str) -> tuple[str, str, str, str]:
+    """A name's host, namespace, model and tag, defaults filled in, lower-cased."""
+    host, _, rest = canonical(name).partition("/")
+    namespace, _, last = rest.rpartition("/")
+    model, _, tag = last.partition(":")
+    return host, namespace, model, tag
+
+
 def matches(pattern: str, name: str) -> bool:
-    """Whether ``name`` matches a shell-style ``pattern`` (``llama3*``, ``qwen*:8b``, ``*``),
-    tried against the name as written, its short and its full form, without regard to case."""
-    pattern = pattern.strip().lower()
-    written = name.strip().lower()
-    return any(fnmatchcase(form, pattern) for form in (written, short(name), canonical(name)))
+    """Whether ``name`` matches a shell-style ``pattern``, segment by segment, without regard
+    to case: ``*`` never crosses ``/`` or ``:``.
+
+    ``model[:tag]`` (``llama3*``, ``qwen*:8b``, ``*``) matches models of the default
+    registry's ``library``; ``namespace/model[:tag]`` names a namespace of the default
+    registry; only ``host/namespace/model[:tag]`` matches another registry. A pattern without
+    a tag matches every tag. So ``llama3*`` never admits ``llama3.evil.example/library/x``.
+    """
+    segments = pattern.strip().lower().split("/")
+    if len(segments) > 3 or not all(segments):
+        return False
+    model_pattern, has_tag, tag_pattern = segments[-1].partition(":")
+    host_pattern = segments[0] if len(segments) == 3 else DEFAULT_HOST
+    namespace_pattern = segments[-2] if len(segments) >= 2 else DEFAULT_NAMESPACE
+    host, namespace, model, tag = parts(name)
+    return (
+        fnmatchcase(host, host_pattern)
+        and fnmatchcase(namespace, namespace_pattern)
+        and fnmatchcase(model, model_pattern)
+        and (not has_tag or fnmatchcase(tag, tag_pattern))
+    )
 
 
 def first_match(patterns: Iterable[str], name: str) -> str | None:
@@ -81,4 +105,4 @@ class Aliases:
         return self._by_name.get(canonical(name), name) if self._by_name else name
 
 
-__all__ = ["Aliases", "canonical", "first_match", "matches", "same", "short"]
+__all__ = ["Aliases", "canonical", "first_match", "matches", "parts", "same", "short"]

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ollama_smart_proxy import Settings, SmartProxy, standalone
-from ollama_smart_proxy.models import ModelLoader, canonical
+from ollama_smart_proxy.models import ModelLoader, canonical, matches
 from ollama_smart_proxy.testing import FakeModel, FakeOllama
 from tests.conftest import upstream
 
@@ -405,3 +405,52 @@ async def test_the_loader_alone_in_front_of_any_ollama() -> None:
     assert aliased.json()["model"] == "a" and aliased.json()["done_reason"] == "load"
     assert default.json()["model"] == "qwen3"
     assert [r.json["model"] for r in fake.requests] == ["llama3.2", "qwen3"]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "name", "expected"),
+    [
+        ("llama3*", "llama3.2", True),
+        ("llama3*", "llama3.2:3b", True),
+        ("llama3*", "Registry.Ollama.AI/library/llama3.2:latest", True),
+        ("llama3*", "llama3.evil.example/library/qwen3", False),
+        ("llama3*", "llama3/evil", False),
+        ("qwen*:8b", "qwen3:8b", True),
+        ("qwen*:8b", "qwen3:4b", False),
+        ("*", "someone/model", False),
+        ("*/*", "someone/model", True),
+        ("*/*", "evil.example/library/model", False),
+        ("hf.co/*/*", "hf.co/org/model:q4", True),
+        ("*/*/*", "evil.example/x/y", True),
+        ("llama3.2", "llama3.2:latest", True),
+    ],
+)
+def test_name_patterns_match_segment_by_segment(pattern: str, name: str, expected: bool) -> None:
+    assert matches(pattern, name) is expected
+
+
+@given(
+    host=st.from_regex(r"[a-z0-9]{1,8}\.[a-z]{2,5}", fullmatch=True),
+    namespace=st.from_regex(r"[a-z0-9]{1,8}", fullmatch=True),
+    model=st.from_regex(r"[a-z0-9.]{1,8}", fullmatch=True),
+    pattern=st.from_regex(r"[a-z0-9.*]{1,8}(:[a-z0-9*]{1,4})?", fullmatch=True),
+)
+def test_a_pattern_without_a_host_never_matches_another_registry(
+    host: str, namespace: str, model: str, pattern: str
+) -> None:
+    assert not matches(pattern, f"{host}/{namespace}/{model}")
+    assert not matches(f"*/{pattern}", f"{host}/{namespace}/{model}")
+
+
+async def test_auto_pull_never_pulls_from_a_host_the_pattern_does_not_name() -> None:
+    fake = FakeOllama()
+    proxy = SmartProxy(Settings(auto_pull=["llama3*"]), transport=upstream(fake))
+    async with (
+        proxy,
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=proxy), base_url="http://l") as client,
+    ):
+        response = await client.post(
+            "/api/chat", json={"model": "llama3.evil.example/library/qwen3", "messages": []}
+        )
+    assert response.status_code == 404
+    assert fake.calls("/api/pull") == []

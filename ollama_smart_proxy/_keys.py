@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError, model_validator
 
 from .names import matches
 from .types import Scope
@@ -34,7 +34,7 @@ class KeySpec(BaseModel):
     name: str | None = None
     #: Model name patterns the key may use (``None``: any).
     models: list[str] | None = None
-    admin: bool = False
+    admin: StrictBool = False
 
     @model_validator(mode="after")
     def _one_secret(self) -> KeySpec:
@@ -94,10 +94,30 @@ def load_keys_file(path: str | Path) -> list[ApiKey]:
     entries = data.get("keys") if isinstance(data, dict) else data
     if not isinstance(entries, list):
         raise ValueError(f"keys file {path} must hold a list of keys ([[keys]] in TOML)")
-    try:
-        return [make_key(entry) for entry in entries]
-    except (ValidationError, ValueError, TypeError) as exc:
-        raise ValueError(f"keys file {path}: {exc}") from None
+    keys = []
+    for number, entry in enumerate(entries, 1):
+        try:
+            if not isinstance(entry, dict):
+                raise ValueError(f"an entry must be a table, not {entry!r}")
+            keys.append(make_key(entry))
+        except ValidationError as exc:
+            raise ValueError(
+                f"keys file {path}, key {number}: {_one_line(exc)}; {_EXAMPLE}"
+            ) from None
+        except ValueError as exc:
+            raise ValueError(f"keys file {path}, key {number}: {exc}; {_EXAMPLE}") from None
+    return keys
+
+
+_EXAMPLE = 'for example: [[keys]] name = "team" sha256 = "<64 hex digits>" models = ["llama3*"]'
+
+
+def _one_line(exc: ValidationError) -> str:
+    error = exc.errors(include_url=False)[0]
+    field = ".".join(str(part) for part in error["loc"])
+    got = f" (got {error['input']!r})" if "input" in error and field else ""
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{field}: {message}{got}" if field else message
 
 
 def request_key(scope: Scope) -> ApiKey | None:

@@ -6,6 +6,8 @@ import re
 from urllib.parse import urlsplit
 
 DEFAULT_UPSTREAM = "http://127.0.0.1:11434"
+#: A path that names one of Ollama's APIs: a mistake for the server's root.
+_API_PATH = re.compile(r"/(?:api|v1)(?:/|$)", re.IGNORECASE)
 _HOSTPORT = re.compile(r"^(?:[A-Za-z0-9._~-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{0,5})?$")
 
 
@@ -18,6 +20,9 @@ def parse_ollama_host(host: str | None) -> str:
     host = (host or "").strip()
     if not host:
         return DEFAULT_UPSTREAM
+    if re.match(r"^https?//", host, re.IGNORECASE):
+        fixed = host.replace("//", "://", 1)
+        raise ValueError(f"upstream {host!r} is not a URL: did you mean {fixed!r}?")
     scheme, separator, hostport = host.partition("://")
     if separator and not hostport:
         raise ValueError(f"upstream has no host: {host!r}")
@@ -37,6 +42,11 @@ def parse_ollama_host(host: str | None) -> str:
     if ":" in hostname:  # IPv6 literal
         hostname = f"[{hostname}]"
     path = split.path.rstrip("/")
+    if _API_PATH.search(path):
+        raise ValueError(
+            f"upstream {host!r} has the path {path!r}: the proxy speaks to Ollama's root and "
+            f"adds /api and /v1 itself; drop the {path!r}"
+        )
     return f"{scheme}://{hostname}:{port}{path}"
 
 

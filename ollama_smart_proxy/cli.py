@@ -7,6 +7,7 @@ import errno
 import ipaddress
 import logging
 import os
+import re
 import shutil
 import socket
 import sys
@@ -112,12 +113,62 @@ def demo_settings(settings: Settings) -> Settings:
     return settings.model_copy(update=update)
 
 
+def settings_problem(exc: ValueError) -> str:
+    """One line for a bad setting: the variable and the field, what was expected, an
+    example."""
+    if not isinstance(exc, ValidationError):
+        unparsed = re.match(r'error parsing value for field "(\w+)" from source "Env', str(exc))
+        if unparsed:
+            field = unparsed.group(1)
+            info = Settings.model_fields.get(field)
+            default = info.get_default(call_default_factory=True) if info is not None else None
+            example = _example(field, default)
+            return f"OSP_{field.upper()} ({field}) is not valid JSON; {example}"
+        return str(exc)
+    error = exc.errors(include_url=False)[0]
+    loc = [str(part) for part in error["loc"]]
+    message = error["msg"].removeprefix("Value error, ")
+    if not loc:
+        return message
+    field = loc[0]
+    info = Settings.model_fields.get(field)
+    where = f"{field} (OSP_{field.upper()}, or {field} in the config file)"
+    if info is None:
+        return f"{field} is not a setting"
+    got = (
+        f"; got {error['input']!r}"
+        if "input" in error and not isinstance(error["input"], dict)
+        else ""
+    )
+    example = _example(field, info.get_default(call_default_factory=True))
+    detail = f" at {'.'.join(loc[1:])}" if len(loc) > 1 else ""
+    return f"{where}{detail}: {message}{got}; {example}"
+
+
+_SHAPES: dict[type, tuple[str, str]] = {
+    list: ("a list", '["..."]'),
+    dict: ("an object", '{"name": "value"}'),
+}
+
+
+def _example(field: str, default: object) -> str:
+    variable = f"OSP_{field.upper()}"
+    if field in ("api_keys", "admin_keys"):
+        return f"""for example {variable}='["sk-..."]' (JSON, a list)"""
+    shape = _SHAPES.get(type(default))
+    if shape is not None:
+        return f"for example {variable}='{shape[1]}' (JSON, {shape[0]})"
+    if default is None:
+        return f"see docs/configuration.md for {variable}"
+    return f"for example {variable}={default}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = settings_from_args(args)
     except (ValidationError, ValueError) as exc:
-        print(f"ollama-smart-proxy: invalid settings:\n{exc}", file=sys.stderr)
+        print(f"ollama-smart-proxy: invalid settings: {settings_problem(exc)}", file=sys.stderr)
         return 2
     try:
         import uvicorn
@@ -137,7 +188,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"ollama-smart-proxy: {problem}", file=sys.stderr)
             return 2
     configure_logging(settings.log_format, settings.log_level)
-    app = build_app(settings, demo=args.demo)
+    try:
+        app = build_app(settings, demo=args.demo)
+    except ValueError as exc:  # a keys file, agent options: named in the message
+        print(f"ollama-smart-proxy: invalid settings: {exc}", file=sys.stderr)
+        return 2
     try:
         sock = bind(settings.host, settings.port)
     except OSError as exc:

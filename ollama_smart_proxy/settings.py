@@ -7,13 +7,14 @@ the defaults.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -190,6 +191,28 @@ class Settings(BaseSettings):
     health_timeout: float = Field(
         2.0, gt=0, description="Seconds /health waits for Ollama's /api/version."
     )
+    ignore_unknown_env: bool = Field(
+        False,
+        description="Accept OSP_ variables that name no setting (for shared environments); "
+        "by default one is an error that names the nearest setting.",
+    )
+
+    @model_validator(mode="after")
+    def _no_unknown_variables(self) -> Settings:
+        if self.ignore_unknown_env:
+            return self
+        names = set(type(self).model_fields)
+        for variable in sorted(os.environ):
+            if not variable.startswith("OSP_") or variable[4:].lower() in names:
+                continue
+            known = [f"OSP_{name.upper()}" for name in names]
+            near = difflib.get_close_matches(variable.upper(), known, n=1)
+            hint = f"did you mean {near[0]}? " if near else ""
+            raise ValueError(
+                f"{variable} is not a setting: {hint}(set OSP_IGNORE_UNKNOWN_ENV=true where "
+                "OSP_ variables of other programs are expected)"
+            )
+        return self
 
     @field_validator("upstream", mode="before")
     @classmethod

@@ -4,11 +4,13 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
-from ollama_smart_proxy.cli import build_parser, settings_from_args
+from ollama_smart_proxy import Settings
+from ollama_smart_proxy.cli import build_parser, main, settings_from_args
 
 
 def test_flags_win_over_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -136,3 +138,70 @@ def test_a_proxy_that_is_its_own_upstream_is_refused() -> None:
     assert "OLLAMA_HOST=127.0.0.1:11999 is set in this environment" in result.stderr
     other = run_launcher("--port", "11999", "--upstream", "http://localhost:11999")
     assert other.returncode == 2 and "is this proxy itself" in other.stderr
+
+
+@pytest.mark.parametrize(
+    ("variables", "argv", "expected"),
+    [
+        (
+            {"OSP_API_KEY": '["sk-1"]'},
+            [],
+            "OSP_API_KEY is not a setting: did you mean OSP_API_KEYS?",
+        ),
+        ({"OSP_PORT": "abc"}, [], "port (OSP_PORT"),
+        ({"OSP_API_KEYS": "sk-1"}, [], """OSP_API_KEYS='["sk-..."]'"""),
+        ({"OSP_ALIASES": "x"}, [], "OSP_ALIASES (aliases) is not valid JSON"),
+        ({}, ["--upstream", "http://127.0.0.1:11434/v1"], "drop the '/v1'"),
+        ({}, ["--upstream", "http//127.0.0.1:1"], "did you mean 'http://127.0.0.1:1'?"),
+    ],
+)
+def test_a_bad_setting_stops_the_launcher_with_one_line_that_names_it(
+    variables: dict[str, str],
+    argv: list[str],
+    expected: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert expected in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_unknown_variables_may_be_allowed_where_others_are_expected(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OSP_SOMETHING_ELSE", "1")
+    with pytest.raises(ValueError, match="OSP_SOMETHING_ELSE is not a setting"):
+        Settings()
+    monkeypatch.setenv("OSP_IGNORE_UNKNOWN_ENV", "true")
+    assert Settings().ignore_unknown_env is True
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "cannot be read"),
+        ("", "must hold a list of keys ([[keys]] in TOML)"),
+        ('[keys]\nname = "x"\n', "must hold a list of keys"),
+        ('[[keys]]\nkey = "sk"\nnmae = "x"\n', "key 1: nmae: Extra inputs are not permitted"),
+        ('[[keys]]\nkey = "sk"\nadmin = "yes"\n', "key 1: admin: Input should be a valid boolean"),
+    ],
+)
+def test_a_bad_keys_file_stops_the_launcher_with_one_line(
+    content: str | None,
+    expected: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "keys.toml"
+    if content is not None:
+        path.write_text(content)
+    monkeypatch.setenv("OSP_KEYS_FILE", str(path))
+    assert main(["--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and str(path) in err
+    assert len(err.strip().splitlines()) == 1

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from ._version import __version__
 from .access_log import configure_logging
+from .security import keys_from_settings
 from .settings import Settings
 
 logger = logging.getLogger("ollama_smart_proxy")
@@ -167,6 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = settings_from_args(args)
+        keys_from_settings(settings.api_keys, settings.admin_keys, settings.keys_file)
     except (ValidationError, ValueError) as exc:
         print(f"ollama-smart-proxy: invalid settings: {settings_problem(exc)}", file=sys.stderr)
         return 2
@@ -188,11 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"ollama-smart-proxy: {problem}", file=sys.stderr)
             return 2
     configure_logging(settings.log_format, settings.log_level)
-    try:
-        app = build_app(settings, demo=args.demo)
-    except ValueError as exc:  # a keys file, agent options: named in the message
-        print(f"ollama-smart-proxy: invalid settings: {exc}", file=sys.stderr)
-        return 2
+    app = build_app(settings, demo=args.demo)
     try:
         sock = bind(settings.host, settings.port)
     except OSError as exc:

@@ -156,6 +156,11 @@ class Settings(BaseSettings):
         description="Most JSON objects and arrays in one request body (counted before parsing).",
     )
     cors_origins: list[str] = Field(default_factory=list, description="CORS origins.")
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names (shell patterns; * for any) answered besides local ones when "
+        "no keys are in use.",
+    )
     log_format: Literal["text", "json"] = Field("text", description="Access log format.")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Log level."

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from .hosts import HostGuard
 from .keys import ApiKey, ApiKeys, KeySpec, keys_from_settings, make_key, request_key
 from .policy import RoutePolicy
 
 __all__ = [
     "ApiKey",
     "ApiKeys",
+    "HostGuard",
     "KeySpec",
     "RoutePolicy",
     "keys_from_settings",

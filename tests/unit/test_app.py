@@ -15,7 +15,7 @@ from ollama_smart_proxy import Settings, SmartProxy, __version__
 from ollama_smart_proxy.access_log import JSONFormatter
 from ollama_smart_proxy.testing import FakeOllama, StreamingASGITransport
 from tests.conftest import upstream
-from tests.helpers import API, keyed
+from tests.helpers import API, keyed, make
 
 pytestmark = pytest.mark.anyio
 
@@ -180,3 +180,52 @@ async def test_cors_preflight_allowed_and_refused() -> None:
     )
     assert real.headers["access-control-allow-origin"] == "https://chat.example"
     assert "x-request-id" in real.headers["access-control-expose-headers"]
+
+
+# -- Host and Origin, as Ollama checks them -----------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/api/tags", "/api/ps", "/v1/models", "/metrics", "/health"])
+async def test_without_keys_a_public_host_is_refused_as_ollama_refuses_it(path: str) -> None:
+    fake = FakeOllama()
+    _, client = make(fake)
+    refused = await client.get(path, headers={"host": "evil.example"})
+    assert refused.status_code == 403
+    assert "OSP_ALLOWED_HOSTS" in json.dumps(refused.json())
+    assert fake.requests == []
+    for host in ("localhost:11435", "127.0.0.1:11435", "[::1]:11435", "192.168.1.5", "box.local"):
+        assert (await client.get(path, headers={"host": host})).status_code == 200, host
+
+
+async def test_allowed_hosts_names_more_and_keys_lift_the_check() -> None:
+    _, client = make(FakeOllama(), allowed_hosts=["*.corp.example"])
+    assert (await client.get("/api/tags", headers={"host": "ai.corp.example"})).status_code == 200
+    assert (await client.get("/api/tags", headers={"host": "corp.example"})).status_code == 403
+    _, keyed_client = keyed(FakeOllama())
+    answered = await keyed_client.get(
+        "/api/tags", headers={"host": "ai.example.com", "authorization": f"Bearer {API}"}
+    )
+    assert answered.status_code == 200
+    probe = await make(FakeOllama())[1].get("/health/live", headers={"host": "evil.example"})
+    assert probe.status_code == 200  # probes are never refused
+
+
+async def test_a_web_page_cannot_make_the_proxy_pull() -> None:
+    """A cross-site simple POST (text/plain, no preflight) from a page on another site."""
+    fake = FakeOllama()
+    _, client = make(fake, auto_pull="on")
+    refused = await client.post(
+        "/api/pull",
+        content=b'{"model": "mistral"}',
+        headers={"origin": "https://evil.example", "content-type": "text/plain"},
+    )
+    assert refused.status_code == 403
+    assert "OSP_CORS_ORIGINS" in refused.json()["error"]
+    assert fake.requests == []
+    for origin in ("http://localhost:3000", "http://127.0.0.1:8080", "http://p", "app://x"):
+        allowed = await client.get("/api/tags", headers={"origin": origin})
+        assert allowed.status_code == 200, origin
+    _, ui = make(FakeOllama(), cors_origins=["https://chat.example"])
+    assert (
+        await ui.get("/api/tags", headers={"origin": "https://chat.example"})
+    ).status_code == 200

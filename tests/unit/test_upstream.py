@@ -126,7 +126,7 @@ async def test_hop_by_hop_and_host_headers_are_not_forwarded(
     await client.get(
         "/api/tags",
         headers={
-            "host": "public.example.com",
+            "host": "ollama-proxy.internal",
             "connection": "keep-alive, x-secret",
             "keep-alive": "timeout=5",
             "te": "trailers",

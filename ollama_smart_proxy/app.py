@@ -26,7 +26,7 @@ from .models import ModelLoader
 from .openai.middleware import openai_dialect
 from .responses.middleware import responses_dialect
 from .routing import route_of
-from .security import ApiKeys, HostGuard, RoutePolicy, keys_from_settings
+from .security import ApiKeys, BodyGuard, HostGuard, RoutePolicy, keys_from_settings
 from .settings import Settings
 from .shutdown import Drain
 from .transports import create_transport, upstream_limits
@@ -166,8 +166,8 @@ class SmartProxy:
         """The stack, outermost first, in the order a request flows (docs/architecture.md
         draws it)::
 
-            CORS > AccessLog (+ metrics) > ErrorBoundary > ApiKeys | HostGuard > RoutePolicy
-              > Router
+            CORS > AccessLog (+ metrics) > ErrorBoundary > BodyGuard > ApiKeys | HostGuard
+              > RoutePolicy > Router
               model routes: ModelEntry (ollama, openai, responses, anthropic dialects)
                               > CommandParser > agents > ModelLoader > Admission > OllamaUpstream
               proxy:        health, /plugins, /metrics
@@ -211,7 +211,8 @@ class SmartProxy:
             app = ApiKeys(app, keys=self.keys)
         else:  # Ollama's own Host and Origin checks, which a proxy would defeat
             app = HostGuard(app, allowed_hosts=s.allowed_hosts, allowed_origins=s.cors_origins)
-        app = ErrorBoundary(app, drain=self.drain_state)
+        app = BodyGuard(app, body_timeout=s.body_timeout, max_buffered_bytes=s.max_buffered_bytes)
+        app = ErrorBoundary(app, drain=self.drain_state, write_timeout=s.write_timeout)
         observers = [self.metrics.record] if self.metrics is not None else []
         app = AccessLog(app, observers=[*observers, *self.observers])
         if s.cors_origins:

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from .access_log import get_context
 from .errors import (
     ClientDisconnected,
+    ClientTooSlow,
     Dialect,
     ProxyError,
     RequestError,
@@ -30,17 +32,72 @@ from .types import ASGIApp, Message, Receive, Scope, Send
 logger = logging.getLogger("ollama_smart_proxy")
 
 
+class Stalls:
+    """The sends in flight and when each began: a send that makes no progress for
+    ``timeout`` seconds (a client that stopped reading) has its request cancelled, which
+    ends the response and frees everything it held (its admission place, Ollama's stream).
+
+    A timer checks them while any is in flight; a send costs two dict operations.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        if timeout <= 0:
+            raise ValueError("write_timeout must be positive")
+        self.timeout = timeout
+        self.sending: dict[asyncio.Task[Any], float] = {}
+        self.ended: set[asyncio.Task[Any]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def begin(self, task: asyncio.Task[Any]) -> None:
+        loop = asyncio.get_running_loop()
+        self.sending[task] = loop.time()
+        if self._timer is None or self._loop is not loop:
+            self._loop = loop
+            self._timer = loop.call_later(self._period, self._check)
+
+    @property
+    def _period(self) -> float:
+        return min(1.0, self.timeout / 4)
+
+    def _check(self) -> None:
+        self._timer = None
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        now = loop.time()
+        for task, since in list(self.sending.items()):
+            if now - since >= self.timeout:
+                del self.sending[task]
+                self.ended.add(task)
+                task.cancel(STALLED)
+        if self.sending:
+            self._timer = loop.call_later(self._period, self._check)
+
+
+#: The message a task is cancelled with when its client stopped reading.
+STALLED = "ollama-smart-proxy: the client stopped reading"
+
+
 class ErrorBoundary:
-    """``ErrorBoundary(app, dialect=None, drain=None)``: ``dialect`` fixes the dialect of
-    every error (for a layer used alone); by default the route decides it. With a ``drain``,
-    a request still running when the shutdown grace is over ends like a failed one."""
+    """``ErrorBoundary(app, dialect=None, drain=None, write_timeout=None)``: ``dialect``
+    fixes the dialect of every error (for a layer used alone); by default the route decides
+    it. With a ``drain``, a request still running when the shutdown grace is over ends like a
+    failed one. With ``write_timeout``, a response whose client has not taken a chunk for
+    that many seconds is ended (see :class:`Stalls`)."""
 
     def __init__(
-        self, app: ASGIApp, *, dialect: Dialect | None = None, drain: Drain | None = None
+        self,
+        app: ASGIApp,
+        *,
+        dialect: Dialect | None = None,
+        drain: Drain | None = None,
+        write_timeout: float | None = None,
     ) -> None:
         self.app = app
         self.dialect = dialect
         self.drain = drain
+        self.stalls = Stalls(write_timeout) if write_timeout is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -52,6 +109,9 @@ class ErrorBoundary:
         framed = False
         ended = False
 
+        stalls = self.stalls
+        task = asyncio.current_task() if self.drain is not None or stalls is not None else None
+
         async def tracking_send(message: Message) -> None:
             nonlocal started, framed, ended
             if message["type"] == "http.response.start":
@@ -59,9 +119,15 @@ class ErrorBoundary:
                 framed = any(key == b"content-length" for key, _ in message.get("headers", ()))
             elif message["type"] == "http.response.body" and not message.get("more_body"):
                 ended = True
-            await send(message)
+            if stalls is None or task is None:
+                await send(message)
+                return
+            stalls.begin(task)
+            try:
+                await send(message)
+            finally:
+                stalls.sending.pop(task, None)
 
-        task = asyncio.current_task() if self.drain is not None else None
         if task is not None and self.drain is not None:
             self.drain.tasks.add(task)
         try:
@@ -72,6 +138,11 @@ class ErrorBoundary:
             return  # gone before its request was read: nobody to answer
         except (Exception, asyncio.CancelledError) as exc:
             if isinstance(exc, asyncio.CancelledError):
+                if stalls is not None and task is not None and task in stalls.ended:
+                    stalls.ended.discard(task)
+                    task.uncancel()
+                    self._stalled(scope, route.path)
+                    return  # nobody reads: the server closes the connection
                 if not (self.drain is not None and self.drain.expired and task is not None):
                     raise
                 task.uncancel()
@@ -112,8 +183,29 @@ class ErrorBoundary:
                 tail = render_stream_error(dialect, error)
                 await send({"type": "http.response.body", "body": tail, "more_body": False})
         finally:
-            if task is not None and self.drain is not None:
-                self.drain.tasks.discard(task)
+            if task is not None:
+                if self.drain is not None:
+                    self.drain.tasks.discard(task)
+                if stalls is not None:
+                    stalls.sending.pop(task, None)
+                    stalls.ended.discard(task)
+
+    def _stalled(self, scope: Scope, path: str) -> None:
+        assert self.stalls is not None
+        error = ClientTooSlow(
+            f"the client took no data for {self.stalls.timeout:g}s (OSP_WRITE_TIMEOUT): "
+            "its response was ended"
+        )
+        context = get_context(scope)
+        if context is not None:
+            context.error = error
+        logger.warning(
+            "%s %s: %s",
+            scope["method"],
+            path,
+            error.message,
+            extra={"request_id": context.request_id if context is not None else "-"},
+        )
 
 
-__all__ = ["ErrorBoundary"]
+__all__ = ["STALLED", "ErrorBoundary", "Stalls"]

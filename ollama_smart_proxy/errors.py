@@ -5,6 +5,7 @@ Exception tree::
     SmartProxyError (ProxyError)    500  anything the proxy refuses or cannot do
     ├── BadRequest (RequestError)   400  body empty, not JSON, or fails validation; bad path
     │   ├── FieldError              400  one field of a translated request (``param``)
+    │   ├── RequestTimeout          408  the body did not arrive within body_timeout
     │   └── RequestTooLarge         413  body over a limit (bytes, messages, objects)
     ├── AuthenticationError         401  no API key, or a wrong one
     ├── PermissionDenied            403  the key may not use this route or model
@@ -12,6 +13,7 @@ Exception tree::
     ├── LoopDetected                508  the proxy is its own upstream
     ├── Overloaded                  503  the admission queue is full, or the wait too long
     ├── ShuttingDown                503  a stream still going when the shutdown grace ends
+    ├── ClientTooSlow               ...  the client took no data for write_timeout (logged)
     └── UpstreamError               502  Ollama unreachable, closed early, or answered junk
         ├── UpstreamTimeout         504  Ollama did not answer in time
         ├── UpstreamStatusError     ...  Ollama answered with an error status (kept)
@@ -44,6 +46,7 @@ _OPENAI_TYPES = {
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
+    408: "invalid_request_error",
     413: "invalid_request_error",
     422: "invalid_request_error",
     429: "rate_limit_error",
@@ -111,6 +114,12 @@ class FieldError(BadRequest):
         super().__init__(message, param=param, code=code)
 
 
+class RequestTimeout(BadRequest):
+    """The client did not send its whole body within ``body_timeout``."""
+
+    status_code = 408
+
+
 class RequestTooLarge(BadRequest):
     """The request is over a limit: ``max_body_bytes``, ``max_messages``."""
 
@@ -165,6 +174,13 @@ class Overloaded(ProxyError):
     def __init__(self, message: str, *, retry_after: int) -> None:
         super().__init__(message, headers=[(b"retry-after", str(retry_after).encode())])
         self.retry_after = retry_after
+
+
+class ClientTooSlow(ProxyError):
+    """The client took no data for ``write_timeout`` seconds: its response was ended (there
+    is nobody reading to tell; the log and the metrics say it)."""
+
+    status_code = 408
 
 
 class UpstreamError(ProxyError):
@@ -266,6 +282,7 @@ __all__ = [
     "AuthenticationError",
     "BadRequest",
     "ClientDisconnected",
+    "ClientTooSlow",
     "Dialect",
     "FieldError",
     "LineTooLong",
@@ -275,6 +292,7 @@ __all__ = [
     "PermissionDenied",
     "ProxyError",
     "RequestError",
+    "RequestTimeout",
     "RequestTooLarge",
     "ShuttingDown",
     "SmartProxyError",

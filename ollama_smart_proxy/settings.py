@@ -147,6 +147,19 @@ class Settings(BaseSettings):
         default_factory=dict, description="Options per agent name (over its config.json)."
     )
     max_body_bytes: int = Field(64 * 1024 * 1024, gt=0, description="Largest request body.")
+    max_buffered_bytes: int = Field(
+        512 * 1024 * 1024,
+        gt=0,
+        description="Most bytes of request bodies held at once, all clients together (503 past).",
+    )
+    body_timeout: float = Field(
+        60.0, gt=0, description="Seconds a client may take to send its whole body (408 past)."
+    )
+    write_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a client may take no data before its response is ended.",
+    )
     max_messages: int = Field(
         10_000, gt=0, description="Most messages in one chat request (any dialect)."
     )

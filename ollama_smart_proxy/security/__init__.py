@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .bodies import BodyBudget, BodyGuard
 from .hosts import HostGuard
 from .keys import ApiKey, ApiKeys, KeySpec, keys_from_settings, make_key, request_key
 from .policy import RoutePolicy
@@ -9,6 +10,8 @@ from .policy import RoutePolicy
 __all__ = [
     "ApiKey",
     "ApiKeys",
+    "BodyBudget",
+    "BodyGuard",
     "HostGuard",
     "KeySpec",
     "RoutePolicy",

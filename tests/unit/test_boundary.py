@@ -211,3 +211,59 @@ async def test_ambiguous_paths_are_a_400_before_any_layer(raw: bytes) -> None:
     assert reached == []
     assert sent[0]["status"] == 400
     assert "path" in json.loads(sent[1]["body"])["error"]
+
+
+# -- a client that stopped reading ---------------------------------------------------------
+
+
+async def test_a_client_that_stops_reading_has_its_response_ended_and_its_place_freed() -> None:
+    """``send`` that makes no progress for write_timeout: the request is cancelled, which
+    frees its admission place and Ollama's stream, and the next request goes in."""
+    from ollama_smart_proxy import Settings, SmartProxy
+    from ollama_smart_proxy.testing import FakeOllama, FakeReply, StreamingASGITransport
+
+    fake = FakeOllama()
+    fake.script(FakeReply(content=" ".join(["w"] * 2000), delay=0.001))
+    settings = Settings(max_concurrent=1, write_timeout=0.3)
+    proxy = SmartProxy(settings, transport=StreamingASGITransport(fake))
+    admission = proxy.admission
+    assert admission is not None
+    blocked = anyio.Event()
+    sent: list[Message] = []
+
+    async def stuck_send(message: Message) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.body" and len(sent) > 3:
+            blocked.set()
+            await anyio.sleep_forever()  # the client's socket buffer is full
+
+    requested = False
+
+    async def receive() -> Message:
+        nonlocal requested
+        if not requested:
+            requested = True
+            body = b'{"model":"llama3.2","messages":[{"role":"user","content":"hi"}]}'
+            return {"type": "http.request", "body": body, "more_body": False}
+        await anyio.sleep_forever()  # the client never leaves, it only stops reading
+        raise AssertionError
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/api/chat",
+        "raw_path": b"/api/chat",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"localhost")],
+        "client": ("127.0.0.1", 1),
+    }
+    with anyio.fail_after(10):
+        await proxy(scope, receive, stuck_send)  # returns: the response was ended
+    assert blocked.is_set()
+    assert admission.in_flight == 0  # the place is free
+    assert not any(m.get("more_body") is False for m in sent if m["type"] == "http.response.body")
+    with anyio.fail_after(10):  # and the next client gets it
+        while not fake.disconnects:
+            await anyio.sleep(0.01)
+    assert fake.completed_streams == 0  # Ollama's stream was stopped too

@@ -159,6 +159,9 @@ class SmartProxy:
             pull_timeout=settings.pull_timeout,
             catalogue_ttl=settings.catalogue_ttl,
             on_pull=self.metrics.pulled if self.metrics is not None else None,
+            max_pulls=settings.max_pulls,
+            max_waiting_pulls=settings.max_waiting_pulls,
+            pull_grace=settings.pull_grace,
         )
         self._app = self._build()
 

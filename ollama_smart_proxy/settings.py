@@ -92,6 +92,13 @@ class Settings(BaseSettings):
     pull_timeout: float = Field(
         1800.0, gt=0, description="Seconds an automatic pull may take before its waiters get 504."
     )
+    max_pulls: int = Field(2, gt=0, description="Automatic pulls that run at once.")
+    max_waiting_pulls: int = Field(
+        16, ge=0, description="Automatic pulls that wait for a place (one more: 503)."
+    )
+    pull_grace: float = Field(
+        30.0, ge=0, description="Seconds a pull goes on once nobody waits for it."
+    )
     catalogue_ttl: float = Field(
         10.0, ge=0, description="Seconds the list of installed models (/api/tags) is kept."
     )

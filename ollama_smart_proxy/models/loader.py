@@ -42,7 +42,8 @@ class NameAs:
 
 class ModelLoader:
     """``ModelLoader(app, *, aliases={}, default_model=None, auto_pull="off",
-    keep_alive={}, preload=(), pull_timeout=1800, catalogue_ttl=10, on_pull=None)``.
+    keep_alive={}, preload=(), pull_timeout=1800, catalogue_ttl=10, on_pull=None,
+    max_pulls=2, max_waiting_pulls=16, pull_grace=30)``.
 
     ``auto_pull`` is ``"off"``, ``"on"`` or a list of shell-style name patterns a missing
     model must match to be pulled; ``keep_alive`` maps name patterns to an Ollama duration
@@ -65,6 +66,9 @@ class ModelLoader:
         pull_timeout: float = 1800.0,
         catalogue_ttl: float = 10.0,
         on_pull: Callable[[str, str], None] | None = None,
+        max_pulls: int = 2,
+        max_waiting_pulls: int = 16,
+        pull_grace: float = 30.0,
     ) -> None:
         if isinstance(auto_pull, str) and auto_pull not in ("off", "on"):
             raise ValueError("auto_pull must be 'off', 'on', or a list of name patterns")
@@ -77,7 +81,13 @@ class ModelLoader:
         self.keep_alive = dict(keep_alive or {})
         self.preload = list(preload)
         self.models = UpstreamModels(
-            app, catalogue_ttl=catalogue_ttl, pull_timeout=pull_timeout, on_pull=on_pull
+            app,
+            catalogue_ttl=catalogue_ttl,
+            pull_timeout=pull_timeout,
+            on_pull=on_pull,
+            max_pulls=max_pulls,
+            max_waiting_pulls=max_waiting_pulls,
+            pull_grace=pull_grace,
         )
 
     @property

@@ -20,7 +20,7 @@ from .._json import loads
 from .._ndjson import LineSplitter
 from .._pipeline import error_message
 from .._side import side_request
-from ..errors import ModelNotFound, ProxyError, UpstreamError, UpstreamTimeout
+from ..errors import ModelNotFound, Overloaded, ProxyError, UpstreamError, UpstreamTimeout
 from ..names import canonical
 from ..types import ASGIApp
 
@@ -94,6 +94,9 @@ class Pull:
     error: ProxyError | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    #: The timer that stops the pull once nobody has waited for it for the grace.
+    abandon: asyncio.TimerHandle | None = None
+    abandoned: bool = False
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -129,7 +132,16 @@ class UpstreamModels:
         catalogue_ttl: float = 10.0,
         pull_timeout: float = 1800.0,
         on_pull: Callable[[str, str], None] | None = None,
+        max_pulls: int = 2,
+        max_waiting_pulls: int = 16,
+        pull_grace: float = 30.0,
     ) -> None:
+        if max_pulls < 1 or max_waiting_pulls < 0 or pull_grace < 0:
+            raise ValueError("max_pulls must be positive, the others not negative")
+        self.max_pulls = max_pulls
+        self.max_waiting_pulls = max_waiting_pulls
+        self.pull_grace = pull_grace
+        self._slots: asyncio.Semaphore | None = None
         self.app = app
         self.catalogue = Catalogue(app, ttl=catalogue_ttl)
         self.pull_timeout = pull_timeout
@@ -155,25 +167,71 @@ class UpstreamModels:
     async def pull(self, model: str) -> None:
         """Pull ``model``, or wait for the pull already running; raise what it failed with.
 
-        A waiter that leaves does not stop the pull: it runs to its end (or to
-        ``pull_timeout``) for the next request that wants the model, since stopping it would
-        throw the downloaded bytes away.
+        A waiter that leaves does not stop the pull at once: the next request that wants the
+        model may come. Once nobody has waited for ``pull_grace`` seconds it is stopped.
+        At most ``max_pulls`` run at once (each holds one connection to Ollama) and
+        ``max_waiting_pulls`` more wait for a place; one more name is a 503.
         """
         key = canonical(model)
         pull = self.pulls.get(key)
         if pull is None:
+            if len(self.pulls) >= self.max_pulls + self.max_waiting_pulls:
+                raise Overloaded(
+                    f"{len(self.pulls)} pulls are running or waiting, the most this proxy "
+                    f"takes (OSP_MAX_PULLS, OSP_MAX_WAITING_PULLS): '{model}' is not pulled",
+                    retry_after=30,
+                )
             pull = self.pulls[key] = Pull(model)
             pull.task = asyncio.ensure_future(self._run(pull, key))
         pull.waiters += 1
+        if pull.abandon is not None:
+            pull.abandon.cancel()
+            pull.abandon = None
         try:
             await pull.done.wait()
         finally:
             pull.waiters -= 1
+            if not pull.waiters and not pull.done.is_set():
+                loop = asyncio.get_running_loop()
+                pull.abandon = loop.call_later(self.pull_grace, self._abandon, pull)
         if pull.error is not None:
             raise copy.copy(pull.error)  # one exception object per waiter
 
+    def _abandon(self, pull: Pull) -> None:
+        """Nobody has waited for ``pull`` for ``pull_grace`` seconds: stop it (Ollama keeps
+        what it downloaded, and resumes from there when the model is pulled again)."""
+        pull.abandon = None
+        if pull.waiters or pull.done.is_set() or pull.task is None:
+            return
+        logger.warning(
+            "pull of %s stopped: nobody waited for it for %gs (OSP_PULL_GRACE)",
+            pull.model,
+            self.pull_grace,
+        )
+        pull.abandoned = True
+        pull.task.cancel()
+
     async def _run(self, pull: Pull, key: str) -> None:
-        logger.info("pulling %s", pull.model)
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.max_pulls)
+        try:
+            pull.status = "waiting for a place"
+            async with self._slots:
+                logger.info("pulling %s", pull.model)
+                pull.status = "starting"
+                await self._run_pull(pull)
+        except asyncio.CancelledError:
+            if not pull.abandoned:
+                raise
+            pull.error = UpstreamError(f"the pull of '{pull.model}' was stopped: nobody waited")
+        finally:
+            self.pulls.pop(key, None)  # the next request may try again
+            pull.done.set()
+        if self.on_pull is not None:
+            result = "abandoned" if pull.abandoned else "ok"
+            self.on_pull(pull.model, "failed" if pull.error is not None else result)
+
+    async def _run_pull(self, pull: Pull) -> None:
         try:
             async with asyncio.timeout(self.pull_timeout):
                 await self._pull(pull)
@@ -188,15 +246,11 @@ class UpstreamModels:
             logger.exception("pull of %s failed", pull.model)
             pull.error = UpstreamError(f"cannot pull '{pull.model}': {exc}")
         finally:
-            self.pulls.pop(key, None)  # the next request may try again
             self.catalogue.invalidate()
-            pull.done.set()
         if pull.error is not None:
             logger.warning("pull of %s failed: %s", pull.model, pull.error.message)
         else:
             logger.info("pulled %s in %.1fs", pull.model, time.monotonic() - pull.started)
-        if self.on_pull is not None:
-            self.on_pull(pull.model, "failed" if pull.error is not None else "ok")
 
     async def _pull(self, pull: Pull) -> None:
         lines = LineSplitter()

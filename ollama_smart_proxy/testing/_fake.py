@@ -211,6 +211,9 @@ class FakeOllama:
         self.pull_errors = dict(pull_errors or {})
         #: Pulls started, per model (short name).
         self.pulls: Counter[str] = Counter()
+        #: Pulls being answered now, and the most at once.
+        self.active_pulls = 0
+        self.max_active_pulls = 0
         self.reply = reply
         self.token_delay = token_delay
         self.version = version
@@ -435,6 +438,14 @@ class FakeOllama:
             await _json(send, 400, {"error": "invalid model name"})
             return
         self.pulls[normalize_name(name)] += 1
+        self.active_pulls += 1
+        self.max_active_pulls = max(self.max_active_pulls, self.active_pulls)
+        try:
+            await self._answer_pull(name, stream, send)
+        finally:
+            self.active_pulls -= 1
+
+    async def _answer_pull(self, name: str, stream: bool, send: Send) -> None:
         error = None
         for pattern, message in self.pull_errors.items():
             if fnmatchcase(normalize_name(name), normalize_name(pattern)):

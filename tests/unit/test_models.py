@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from ollama_smart_proxy import Settings, SmartProxy, standalone
 from ollama_smart_proxy.models import ModelLoader, canonical, matches
-from ollama_smart_proxy.testing import FakeModel, FakeOllama
+from ollama_smart_proxy.testing import FakeModel, FakeOllama, StreamingASGITransport
 from tests.conftest import upstream
 
 pytestmark = pytest.mark.anyio
@@ -454,3 +454,47 @@ async def test_auto_pull_never_pulls_from_a_host_the_pattern_does_not_name() -> 
         )
     assert response.status_code == 404
     assert fake.calls("/api/pull") == []
+
+
+async def test_pulls_are_bounded_across_names() -> None:
+    """1,100 cheap requests for different names once started 1,088 pulls: now two run, a few
+    wait, and the rest are told to come back."""
+    fake = FakeOllama(pull_delay=0.3)
+    settings = Settings(auto_pull="on", max_pulls=2, max_waiting_pulls=3)
+    proxy = SmartProxy(settings, transport=upstream(fake))
+    statuses: list[int] = []
+    async with (
+        proxy,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=proxy), base_url="http://l", timeout=30
+        ) as client,
+    ):
+
+        async def ask(index: int) -> None:
+            body = {"model": f"name{index}", "prompt": "hi", "stream": False}
+            statuses.append((await client.post("/api/generate", json=body)).status_code)
+
+        async with anyio.create_task_group() as group:
+            for index in range(12):
+                group.start_soon(ask, index)
+        tags = await client.get("/api/tags")
+    assert fake.max_active_pulls == 2  # never more than max_pulls against Ollama
+    assert sorted(statuses) == [200] * 5 + [503] * 7
+    assert tags.status_code == 200  # the pool was never taken by pulls
+
+
+async def test_a_pull_nobody_waits_for_is_stopped_after_the_grace() -> None:
+    fake = FakeOllama(pull_delay=30)
+    settings = Settings(auto_pull="on", pull_grace=0.2)
+    proxy = SmartProxy(settings, transport=upstream(fake))
+    client = httpx.AsyncClient(
+        transport=StreamingASGITransport(proxy), base_url="http://l", timeout=30
+    )
+    async with proxy:
+        with anyio.move_on_after(0.3):  # the client gives up while the model is pulled
+            await client.post("/api/generate", json={"model": "big", "prompt": "x"})
+        models = proxy.loader.models
+        with anyio.fail_after(10):
+            while models.pulls or fake.active_pulls:
+                await anyio.sleep(0.01)
+    assert "big:latest" not in fake.models  # stopped before Ollama installed it

@@ -26,7 +26,7 @@ from .access_log import get_context
 from .encoding import Chunk, Encoder
 from .errors import UpstreamError, UpstreamStatusError
 from .exchange import SCOPE_KEY, ChunkTransform, Exchange
-from .kinds import RUN_KINDS
+from .kinds import COMPLETION_KINDS, RUN_KINDS
 from .routing import ROUTE_KEY, route_of
 from .types import ASGIApp, Message, Receive, Scope, Send
 
@@ -71,6 +71,8 @@ class ResponseWriter:
         self._started = False
         #: The last line of a passed-through answer, for its token counts.
         self._tail: bytearray | None = None
+        #: Whether Ollama's final (``done``) chunk came.
+        self._final = False
 
     async def __call__(self, message: Message) -> None:
         if self._passthrough:
@@ -91,6 +93,7 @@ class ResponseWriter:
         content_type = b"application/x-ndjson" if streaming else JSON
         start = {"type": "http.response.start", "status": 200}
         await self._start({**start, "headers": [(b"content-type", content_type)]}, decode=True)
+        self._final = any(chunk.get("done") for chunk in chunks)
         await self._emit(chunks)
         await self._body(b"", False)
 
@@ -153,7 +156,13 @@ class ResponseWriter:
             and data.find(b"\n") == len(data) - 1 > 0
         ):
             # The common case, kept short: one whole line, nothing to transform.
-            encoded = self._encoder.encode(self._decode_line(data[:-1]))
+            chunk = self._decode_line(data[:-1])
+            if chunk is None:
+                return
+            try:
+                encoded = self._encoder.encode(chunk)
+            except _SHAPE_ERRORS as exc:
+                raise _bad_chunk(exc) from exc
             if encoded:
                 await self._send({"type": "http.response.body", "body": encoded, "more_body": True})
             return
@@ -163,15 +172,24 @@ class ResponseWriter:
         if lines:
             await self._emit(self._decode(lines))
         if not more:
+            if not self._final and self._exchange.kind in COMPLETION_KINDS:
+                raise UpstreamError(
+                    "Ollama's stream ended before its final chunk: the answer may be cut short"
+                )
             tail = self._encoder.end()
             if not self._started:
                 await self._start_response(len(tail))
             await self._send({"type": "http.response.body", "body": tail, "more_body": False})
 
     def _decode(self, lines: list[bytes]) -> list[Chunk]:
-        return [self._decode_line(line) for line in lines]
+        chunks = [self._decode_line(line) for line in lines]
+        return [chunk for chunk in chunks if chunk is not None]
 
-    def _decode_line(self, line: bytes) -> Chunk:
+    def _decode_line(self, line: bytes) -> Chunk | None:
+        """One line of Ollama's answer as a chunk (``None`` for lines after the final one,
+        which no client is to see: the answer has ended)."""
+        if self._final:
+            return None
         try:
             chunk = loads(line)
         except ValueError:
@@ -180,7 +198,8 @@ class ResponseWriter:
             raise UpstreamError(f"Ollama sent a JSON {type(chunk).__name__}, not an object")
         if "error" in chunk and len(chunk) <= 2 and not chunk.get("done"):
             raise UpstreamStatusError(str(chunk["error"]), status_code=500)
-        if "prompt_eval_count" in chunk or "eval_count" in chunk:
+        if chunk.get("done"):
+            self._final = True
             self._count(chunk)
         return chunk
 
@@ -220,11 +239,24 @@ class ResponseWriter:
             for transform in self._transforms:
                 chunks = await _apply(transform, chunks)
         encode = self._encoder.encode
-        data = b"".join([encode(chunk) for chunk in chunks])
+        try:
+            data = b"".join([encode(chunk) for chunk in chunks])
+        except _SHAPE_ERRORS as exc:
+            raise _bad_chunk(exc) from exc
         if data:
             if not self._started:
                 await self._start_response()
             await self._send({"type": "http.response.body", "body": data, "more_body": True})
+
+
+#: What an encoder raises on a chunk whose fields have unexpected types (Ollama's fault).
+_SHAPE_ERRORS = (TypeError, AttributeError, KeyError, ValueError, IndexError)
+
+
+def _bad_chunk(exc: Exception) -> UpstreamError:
+    return UpstreamError(
+        f"Ollama sent a chunk the proxy cannot translate ({type(exc).__name__}: {exc})"
+    )
 
 
 def _split_final(chunks: list[Chunk]) -> list[Chunk]:

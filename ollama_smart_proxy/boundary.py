@@ -112,13 +112,19 @@ class ErrorBoundary:
         stalls = self.stalls
         task = asyncio.current_task() if self.drain is not None or stalls is not None else None
 
+        at_line_start = True
+
         async def tracking_send(message: Message) -> None:
-            nonlocal started, framed, ended
+            nonlocal started, framed, ended, at_line_start
             if message["type"] == "http.response.start":
                 started = True
                 framed = any(key == b"content-length" for key, _ in message.get("headers", ()))
-            elif message["type"] == "http.response.body" and not message.get("more_body"):
-                ended = True
+            elif message["type"] == "http.response.body":
+                body = message.get("body", b"")
+                if body:
+                    at_line_start = body[-1:] == b"\n"
+                if not message.get("more_body"):
+                    ended = True
             if stalls is None or task is None:
                 await send(message)
                 return
@@ -181,6 +187,8 @@ class ErrorBoundary:
                 raise error from exc
             else:
                 tail = render_stream_error(dialect, error)
+                if not at_line_start:  # cut mid-line: the error on a line of its own
+                    tail = b"\n" + tail
                 await send({"type": "http.response.body", "body": tail, "more_body": False})
         finally:
             if task is not None:

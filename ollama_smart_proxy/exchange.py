@@ -24,7 +24,7 @@ from .commands import CommandSpec, SlashCall, parse_commands
 from .encoding import Chunk
 from .errors import Dialect
 from .kinds import COMPLETION_KINDS, ExchangeKind
-from .schemas import ChatRequest, GenerateRequest, ModelRequest, dump_request
+from .schemas import ChatRequest, GenerateRequest, ModelRequest, ShowRequest, dump_request
 from .types import Scope
 
 if TYPE_CHECKING:
@@ -102,7 +102,11 @@ class Exchange:
     def model(self) -> str | None:
         """The model the request names now (``name`` for ``/api/show``'s old spelling)."""
         request = self.request
-        return request.model or getattr(request, "name", None)
+        if request.model:
+            return request.model
+        # The deprecated spelling, on /api/show only: elsewhere a "name" is an unknown field.
+        name = request.name if isinstance(request, ShowRequest) else None
+        return name or None
 
     def parse_commands(self, prefix: str, words: dict[str, CommandSpec]) -> None:
         """Parse the slash commands of ``words`` once (the stack's, then an agent's own):

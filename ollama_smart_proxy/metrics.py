@@ -21,6 +21,7 @@ from typing import Any
 from ._http import send_body
 from .access_log import RequestContext
 from .errors import UpstreamError
+from .names import canonical
 from .routing import route_of
 from .types import Receive, Scope, Send
 
@@ -44,19 +45,22 @@ def multiprocess() -> bool:
 
 
 class ModelLabels:
-    """Model names as label values: the configured ones, then the first ones that worked."""
+    """Model names as label values: the configured ones, then the first ones that worked;
+    every spelling of one model (``Llama3.2``, ``llama3.2:latest``) counts as one label."""
 
     def __init__(self, known: Iterable[str] = (), limit: int = 100) -> None:
-        self.known = {name for name in known if name}
+        self.known = {canonical(name): name for name in known if name}
         self.limit = limit
 
     def label(self, model: str | None, status: int) -> str:
-        if not model:
+        if not model or not isinstance(model, str):
             return "-"
-        if model in self.known:
-            return model
+        key = canonical(model)
+        label = self.known.get(key)
+        if label is not None:
+            return label
         if status < 400 and len(self.known) < self.limit:
-            self.known.add(model)
+            self.known[key] = model
             return model
         return "other"
 

@@ -12,9 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
-from .._keys import ApiKey
+from .._json import dumps, loads
+from .._keys import ApiKey, request_key
+from .._side import MAX_SIDE_ANSWER
 from ..encoding import Chunk
-from ..errors import PermissionDenied, ProxyError
+from ..errors import PermissionDenied, ProxyError, UpstreamError
 from ..exchange import Exchange, get_exchange
 from ..kinds import CATALOGUE_CHANGES, COMPLETION_KINDS, PARSED_KINDS, RUN_KINDS
 from ..names import Aliases, first_match
@@ -38,6 +40,51 @@ class NameAs:
 
     async def on_end(self) -> list[Chunk]:
         return []
+
+
+#: Routes that list models: a key limited to some models sees only those.
+LISTS = frozenset({"tags", "ps"})
+
+
+def _listing_only(send: Send, key: ApiKey) -> Send:
+    """``send`` for ``/api/tags`` and ``/api/ps``, keeping only the models ``key`` may use
+    (what Open WebUI lists is then what the key can chat with)."""
+    start: Message | None = None
+    body = bytearray()
+
+    async def filtering_send(message: Message) -> None:
+        nonlocal start
+        if message["type"] == "http.response.start":
+            start = message
+            return
+        if start is None or message["type"] != "http.response.body":
+            await send(message)
+            return
+        body.extend(message.get("body", b""))
+        if len(body) > MAX_SIDE_ANSWER:
+            raise UpstreamError("Ollama's list of models is too large")
+        if message.get("more_body"):
+            return
+        data = bytes(body)
+        if start["status"] == 200:
+            try:
+                listing = loads(data)
+            except ValueError:
+                raise UpstreamError("Ollama answered a list of models that is not JSON") from None
+            if isinstance(listing, dict) and isinstance(listing.get("models"), list):
+                listing["models"] = [
+                    entry
+                    for entry in listing["models"]
+                    if isinstance(entry, dict)
+                    and key.may_use(str(entry.get("model") or entry.get("name") or ""))
+                ]
+                data = dumps(listing)
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+        headers.append((b"content-length", str(len(data)).encode()))
+        await send({**start, "headers": headers})
+        await send({"type": "http.response.body", "body": data})
+
+    return filtering_send
 
 
 class ModelLoader:
@@ -165,6 +212,10 @@ class ModelLoader:
             )
         if kind in CATALOGUE_CHANGES:
             await self.app(scope, receive, self._invalidating(send))
+            return
+        key = request_key(scope)
+        if kind in LISTS and key is not None and key.models is not None:
+            await self.app(scope, receive, _listing_only(send, key))
         else:
             await self.app(scope, receive, send)
 

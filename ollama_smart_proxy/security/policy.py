@@ -54,6 +54,10 @@ class RoutePolicy:
         method = scope["method"]
         what = route_class(method, route.kind)
         key = request_key(scope)
+        if route.kind == "metrics" and self.keys_required and (key is None or not key.admin):
+            raise PermissionDenied(
+                "/metrics names every key and model: it needs an admin key (OSP_ADMIN_KEYS)"
+            )
         if what in _WHAT:
             described = f"{method} {route.path} {_WHAT[what]}"
             if self.admin_routes == "closed":

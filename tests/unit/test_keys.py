@@ -55,7 +55,7 @@ EXPECTED = {
     "live": (200, 200, 200, 200, 200, 200),
     "ready": (200, 200, 200, 200, 200, 200),
     "health": (401, 401, 200, 200, 200, 200),
-    "metrics": (401, 401, 200, 200, 200, 200),
+    "metrics": (401, 401, 403, 403, 403, 200),  # it names every key: admin only
     "plugins": (401, 401, 200, 200, 200, 200),
 }
 
@@ -106,7 +106,9 @@ async def test_key_names_and_models(caplog: pytest.LogCaptureFixture, tmp_path: 
         f'[[keys]]\nsha256 = "{digest}"\nname = "team"\nmodels = ["llama3*", "fast"]\n'
     )
     fake = FakeOllama()
-    _, client = make(fake, keys_file=keys_file, aliases={"fast": "qwen3"})
+    _, client = make(
+        fake, keys_file=keys_file, aliases={"fast": "qwen3"}, admin_keys=[{"key": ADMIN}]
+    )
     headers = {"authorization": "Bearer sk-team"}
     assert (await client.post("/api/chat", json=CHAT, headers=headers)).status_code == 200
     assert (
@@ -121,7 +123,7 @@ async def test_key_names_and_models(caplog: pytest.LogCaptureFixture, tmp_path: 
     lines = [r for r in caplog.records if r.name == "ollama_smart_proxy.access"]
     assert all(line.key == "team" for line in lines)  # type: ignore[attr-defined]
     assert "sk-team" not in caplog.text
-    metrics = (await client.get("/metrics", headers=headers)).text
+    metrics = (await client.get("/metrics", headers={"authorization": f"Bearer {ADMIN}"})).text
     assert 'key="team"' in metrics and "sk-team" not in metrics
 
 

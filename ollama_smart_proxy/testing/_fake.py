@@ -441,7 +441,17 @@ class FakeOllama:
         self.active_pulls += 1
         self.max_active_pulls = max(self.max_active_pulls, self.active_pulls)
         try:
-            await self._answer_pull(name, stream, send)
+            # As Ollama does, a pull whose client leaves is stopped.
+            async with anyio.create_task_group() as group:
+
+                async def watch() -> None:
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
+                    group.cancel_scope.cancel()
+
+                group.start_soon(watch)
+                await self._answer_pull(name, stream, send)
+                group.cancel_scope.cancel()
         finally:
             self.active_pulls -= 1
 

@@ -44,7 +44,7 @@ def wait_for(condition: object, timeout: float = 20.0) -> None:
 
 @pytest.fixture
 def big_answers(fake: FakeOllama) -> FakeOllama:
-    words = " ".join(["w"] * 60_000)  # ~5 MB of NDJSON: more than the sockets buffer
+    words = " ".join(["w" * 500] * 10_000)  # ~6 MB of NDJSON: more than the sockets buffer
     fake.script(FakeReply(content=words, delay=0), FakeReply(content=words, delay=0))
     return fake
 

@@ -484,7 +484,7 @@ async def test_pulls_are_bounded_across_names() -> None:
 
 
 async def test_a_pull_nobody_waits_for_is_stopped_after_the_grace() -> None:
-    fake = FakeOllama(pull_delay=30)
+    fake = FakeOllama(pull_delay=4)  # had it gone on, the model is in after 4 s
     settings = Settings(auto_pull="on", pull_grace=0.2)
     proxy = SmartProxy(settings, transport=upstream(fake))
     client = httpx.AsyncClient(

@@ -16,7 +16,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 from ollama_smart_proxy import Settings, SmartProxy
-from ollama_smart_proxy.testing import FakeOllama
+from ollama_smart_proxy.testing import FakeOllama, StreamingASGITransport
 from tests.conftest import upstream
 from tests.unit.test_cli import free_port
 
@@ -153,3 +153,29 @@ async def test_one_gpu_config_example() -> None:
                 for model in ["llama3.2", "qwen3"] * 4:
                     group.start_soon(chat, model)
     assert sum(fake.loads.values()) == 2  # one load per model, not one per request
+
+
+@pytest.mark.anyio
+async def test_lan_config_example() -> None:
+    """The LAN config loads; its hosts are answered, a rebinding name and a foreign page not."""
+    settings = Settings(config=EXAMPLES / "lan.toml")
+    fake = FakeOllama()
+    proxy = SmartProxy(settings, transport=StreamingASGITransport(fake))
+    transport = httpx.ASGITransport(app=proxy)
+    async with proxy, httpx.AsyncClient(transport=transport, base_url="http://x") as client:
+        for host, expected in (
+            ("ollama.corp.example", 200),
+            ("gpu1.ai.corp.example", 200),
+            ("192.168.1.20:11435", 200),
+            ("evil.example", 403),
+        ):
+            response = await client.get("/api/tags", headers={"host": host})
+            assert response.status_code == expected, host
+        page = await client.get(
+            "/api/tags", headers={"host": "ollama.corp.example", "origin": "https://x.example"}
+        )
+        assert page.status_code == 403
+        pull = await client.post(
+            "/api/pull", json={"model": "llama3.2"}, headers={"host": "localhost"}
+        )
+        assert pull.status_code == 403

@@ -4,8 +4,6 @@ arguments as JSON)."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from typing import Any, TypeVar
 
@@ -17,7 +15,11 @@ from .schemas import describe_validation_error
 
 _Model = TypeVar("_Model", bound=BaseModel)
 
-_DATA_URL = re.compile(r"^data:(image/(?:jpeg|jpg|png|webp))?;base64,(.*)$", re.DOTALL | re.I)
+_DATA_URL_HEAD = re.compile(r"data:(image/(?:jpeg|jpg|png|webp))?;base64", re.I)
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+#: How much of each end of a base64 string is checked here; Ollama decodes all of it (and
+#: answers a 400 for a bad byte, passed on in the client's dialect).
+_CHECKED = 4096
 
 #: reasoning effort (OpenAI's, Anthropic's) -> native ``think``.
 THINK_LEVELS: dict[str, bool | str] = {
@@ -86,22 +88,31 @@ def image_data(url: Any, param: str) -> str:
             "(data:image/png;base64,...); the proxy does not fetch remote images",
             param,
         )
-    match = _DATA_URL.match(url)
-    if match is None:
+    comma = url.find(",", 0, 64)
+    if comma < 0 or _DATA_URL_HEAD.fullmatch(url, 0, comma) is None:
         raise FieldError(
             "invalid image input: use a data:image/{jpeg,png,webp};base64,... URL", param
         )
-    return base64_data(match.group(2).strip(), param)
+    return base64_data(url[comma + 1 :].strip(), param)  # the one copy: the native string
 
 
 def base64_data(data: Any, param: str) -> str:
-    """``data`` if it is valid base64, else a 400."""
+    """``data`` if it looks like base64, else a 400.
+
+    Its length and both ends are checked here, without decoding a 64 MiB image (which held
+    the event loop 0.7 s): Ollama decodes it, and a bad byte inside is its 400, passed on.
+    """
     if not isinstance(data, str):
         raise FieldError(f"'{param}' must be base64 data (a string)", param)
-    try:
-        base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise FieldError("invalid image input: the base64 data is malformed", param) from None
+    if len(data) <= 2 * _CHECKED:
+        ends_ok = _BASE64.fullmatch(data) is not None
+    else:
+        ends_ok = (
+            _BASE64.fullmatch(data, 0, _CHECKED) is not None
+            and _BASE64.fullmatch(data, len(data) - _CHECKED) is not None
+        )
+    if not ends_ok or len(data) % 4 or not data.isascii():
+        raise FieldError("invalid image input: the base64 data is malformed", param)
     return data
 
 

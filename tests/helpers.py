@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -44,6 +45,15 @@ def keyed(fake: FakeOllama, **options: Any) -> tuple[SmartProxy, httpx.AsyncClie
         admin_keys=[{"key": ADMIN, "name": "ops"}],
         **options,
     )
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 20.0) -> None:
+    """Wait, in a thread of its own (a test that drives a server over a socket), for a state."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)
 
 
 async def until(predicate: Callable[[], object]) -> None:

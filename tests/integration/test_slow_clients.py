@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 
 import httpx
 import pytest
 
 from ollama_smart_proxy import Settings, SmartProxy
 from ollama_smart_proxy.testing import FakeOllama, FakeReply, serve_in_thread
+from tests.helpers import wait_for
 
 BODY = json.dumps({"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]})
 
@@ -32,14 +32,6 @@ def sleepy_client(url: str, body: bytes, *, send_all: bool = True) -> socket.soc
     ).encode()
     sock.sendall(head + body)
     return sock
-
-
-def wait_for(condition: object, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -73,7 +65,9 @@ def test_a_body_that_stops_half_way_is_a_408(fake_url: str, fake: FakeOllama) ->
         sock = sleepy_client(url, BODY.encode(), send_all=False)
         try:
             sock.settimeout(10)
-            answer = sock.recv(65536)
+            answer = b""
+            while b"OSP_BODY_TIMEOUT" not in answer and (piece := sock.recv(65536)):
+                answer += piece  # the head and the body may come in two pieces
         finally:
             sock.close()
     assert answer.startswith(b"HTTP/1.1 408")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -12,16 +11,9 @@ import pytest
 
 from ollama_smart_proxy import Settings, SmartProxy
 from ollama_smart_proxy.testing import FakeOllama, FakeReply, serve_in_thread
+from tests.helpers import wait_for
 
 CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}
-
-
-def wait_for(condition: object, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
 
 
 @pytest.mark.parametrize("path", ["/api/chat", "/api/generate"])

@@ -16,6 +16,7 @@ line) is raised as an exception for the error boundary to render.
 
 from __future__ import annotations
 
+import re
 import time
 
 from ._http import JSON, json_request_headers, replay_receive
@@ -69,8 +70,8 @@ class ResponseWriter:
         self._status = 200
         self._headers: list[tuple[bytes, bytes]] = []
         self._started = False
-        #: The last line of a passed-through answer, for its token counts.
-        self._tail: bytearray | None = None
+        #: The last two pieces of a passed-through answer, for its token counts.
+        self._tail: tuple[bytes, bytes] | None = None
         #: Whether Ollama's final (``done``) chunk came.
         self._final = False
 
@@ -105,7 +106,7 @@ class ResponseWriter:
         if encoder.native and not decode and (status >= 400 or not transforms):
             self._passthrough = True
             if status < 400 and self._exchange.kind in RUN_KINDS:
-                self._tail = bytearray()
+                self._tail = (b"", b"")
             await self._send(message)
             return
         self._status = status
@@ -211,27 +212,27 @@ class ResponseWriter:
         exchange.completion_tokens = output if type(output) is int and output >= 0 else 0
 
     def _track(self, data: bytes, more: bool) -> None:
-        """Keep the last line of a passed-through answer; decode it once at the end."""
+        """Keep the last two pieces of a passed-through answer (references, no copies);
+        decode its last line once at the end."""
         tail = self._tail
         if tail is None:
             return
         if data:
-            start = data.rfind(b"\n", 0, len(data) - 1)
-            if start >= 0 or tail[-1:] == b"\n":
-                tail = self._tail = bytearray(data[start + 1 :])
-            else:
-                tail += data
-            if len(tail) > self._max_line_bytes:
-                self._tail = None
-                return
-        if not more:
-            self._tail = None
-            try:
-                chunk = loads(bytes(tail))
-            except ValueError:
-                return  # not ours to judge: the client gets Ollama's bytes as they are
-            if isinstance(chunk, dict):
-                self._count(chunk)
+            tail = self._tail = (tail[1], data)
+        if more:
+            return
+        window = tail[0] + tail[1]
+        self._tail = None
+        end = len(window.rstrip(b"\n"))
+        start = window.rfind(b"\n", 0, end) + 1
+        if start == 0 and len(window) >= self._max_line_bytes:
+            return
+        try:
+            chunk = loads(window[start:end])
+        except ValueError:
+            chunk = _counts_at_end(window)  # a final line longer than two pieces
+        if isinstance(chunk, dict):
+            self._count(chunk)
 
     async def _emit(self, chunks: list[Chunk]) -> None:
         if self._transforms:
@@ -247,6 +248,16 @@ class ResponseWriter:
             if not self._started:
                 await self._start_response()
             await self._send({"type": "http.response.body", "body": data, "more_body": True})
+
+
+_COUNTS = re.compile(rb'"(prompt_eval_count|eval_count)":\s*(\d{1,12})')
+
+
+def _counts_at_end(window: bytes) -> Chunk | None:
+    """The token counts at the end of a final line too long to keep whole (a long answer
+    that does not stream): Ollama writes them last."""
+    found = {key.decode(): int(value) for key, value in _COUNTS.findall(window[-1024:])}
+    return found or None
 
 
 #: What an encoder raises on a chunk whose fields have unexpected types (Ollama's fault).

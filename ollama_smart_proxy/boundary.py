@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from typing import Any
 
 from .access_log import get_context
@@ -32,47 +33,66 @@ from .types import ASGIApp, Message, Receive, Scope, Send
 logger = logging.getLogger("ollama_smart_proxy")
 
 
-class Stalls:
-    """The sends in flight and when each began: a send that makes no progress for
-    ``timeout`` seconds (a client that stopped reading) has its request cancelled, which
-    ends the response and frees everything it held (its admission place, Ollama's stream).
+class _Sending:
+    """One response's sends, as the watch sees them: a count, and whether one is waiting."""
 
-    A timer checks them while any is in flight; a send costs two dict operations.
+    __slots__ = ("idle", "seen", "sends", "task", "waiting")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+        self.sends = 0
+        self.waiting = False
+        self.seen = 0
+        self.idle = 0
+
+
+class Stalls:
+    """A send that makes no progress for ``timeout`` seconds (a client that stopped
+    reading) has its request cancelled, which ends the response and frees everything it
+    held (its admission place, Ollama's stream).
+
+    A response registers once; a send only flips a flag and counts. A timer looks every
+    ``timeout / 4`` seconds (at most one) at the responses in flight: one whose send has been
+    waiting, with no send done, for the whole timeout is ended.
     """
 
     def __init__(self, timeout: float) -> None:
         if timeout <= 0:
             raise ValueError("write_timeout must be positive")
         self.timeout = timeout
-        self.sending: dict[asyncio.Task[Any], float] = {}
+        self.period = min(1.0, timeout / 4)
+        self.ticks = max(1, math.ceil(timeout / self.period))
+        self.active: set[_Sending] = set()
         self.ended: set[asyncio.Task[Any]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def begin(self, task: asyncio.Task[Any]) -> None:
+    def watch(self, task: asyncio.Task[Any]) -> _Sending:
+        sending = _Sending(task)
+        self.active.add(sending)
         loop = asyncio.get_running_loop()
-        self.sending[task] = loop.time()
         if self._timer is None or self._loop is not loop:
             self._loop = loop
-            self._timer = loop.call_later(self._period, self._check)
-
-    @property
-    def _period(self) -> float:
-        return min(1.0, self.timeout / 4)
+            self._timer = loop.call_later(self.period, self._check)
+        return sending
 
     def _check(self) -> None:
         self._timer = None
         loop = self._loop
         if loop is None or loop.is_closed():
             return
-        now = loop.time()
-        for task, since in list(self.sending.items()):
-            if now - since >= self.timeout:
-                del self.sending[task]
-                self.ended.add(task)
-                task.cancel(STALLED)
-        if self.sending:
-            self._timer = loop.call_later(self._period, self._check)
+        for sending in list(self.active):
+            if sending.waiting and sending.sends == sending.seen:
+                sending.idle += 1
+                if sending.idle >= self.ticks:
+                    self.active.discard(sending)
+                    self.ended.add(sending.task)
+                    sending.task.cancel(STALLED)
+            else:
+                sending.seen = sending.sends
+                sending.idle = 0
+        if self.active:
+            self._timer = loop.call_later(self.period, self._check)
 
 
 #: The message a task is cancelled with when its client stopped reading.
@@ -112,27 +132,27 @@ class ErrorBoundary:
         stalls = self.stalls
         task = asyncio.current_task() if self.drain is not None or stalls is not None else None
 
-        at_line_start = True
+        last = b"\n"  # the last bytes sent: an error frame must start on a line of its own
+        sending = stalls.watch(task) if stalls is not None and task is not None else None
 
         async def tracking_send(message: Message) -> None:
-            nonlocal started, framed, ended, at_line_start
-            if message["type"] == "http.response.start":
-                started = True
-                framed = any(key == b"content-length" for key, _ in message.get("headers", ()))
-            elif message["type"] == "http.response.body":
-                body = message.get("body", b"")
+            nonlocal started, framed, ended, last
+            if message["type"] == "http.response.body":
+                body = message.get("body")
                 if body:
-                    at_line_start = body[-1:] == b"\n"
+                    last = body
                 if not message.get("more_body"):
                     ended = True
-            if stalls is None or task is None:
+            elif message["type"] == "http.response.start":
+                started = True
+                framed = any(key == b"content-length" for key, _ in message.get("headers", ()))
+            if sending is None:
                 await send(message)
                 return
-            stalls.begin(task)
-            try:
-                await send(message)
-            finally:
-                stalls.sending.pop(task, None)
+            sending.waiting = True
+            await send(message)
+            sending.waiting = False
+            sending.sends += 1
 
         if task is not None and self.drain is not None:
             self.drain.tasks.add(task)
@@ -187,7 +207,7 @@ class ErrorBoundary:
                 raise error from exc
             else:
                 tail = render_stream_error(dialect, error)
-                if not at_line_start:  # cut mid-line: the error on a line of its own
+                if not last.endswith(b"\n"):  # cut mid-line: the error on a line of its own
                     tail = b"\n" + tail
                 await send({"type": "http.response.body", "body": tail, "more_body": False})
         finally:
@@ -195,8 +215,9 @@ class ErrorBoundary:
                 if self.drain is not None:
                     self.drain.tasks.discard(task)
                 if stalls is not None:
-                    stalls.sending.pop(task, None)
                     stalls.ended.discard(task)
+                if sending is not None and stalls is not None:
+                    stalls.active.discard(sending)
 
     def _stalled(self, scope: Scope, path: str) -> None:
         assert self.stalls is not None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from typing import Any
 
 from ..errors import Overloaded, RequestTimeout
 from ..routing import route_of
@@ -41,9 +42,17 @@ class BodyBudget:
         self.held -= count
 
 
+#: The message a task is cancelled with when its body is late.
+BODY_LATE = "ollama-smart-proxy: the request body is late"
+
+
 class BodyGuard:
     """``BodyGuard(app, *, body_timeout=60, max_buffered_bytes=512 MiB, budget=None)``:
-    ``budget`` is shared when several guards serve one proxy."""
+    ``budget`` is shared when several guards serve one proxy.
+
+    The time is watched by one timer for every body being read (a deadline a request, no
+    timeout object: one cost 9 us a request), which cancels a read past its deadline.
+    """
 
     def __init__(
         self,
@@ -58,6 +67,31 @@ class BodyGuard:
         self.app = app
         self.body_timeout = body_timeout
         self.budget = budget or BodyBudget(max_buffered_bytes)
+        self._reading: dict[asyncio.Task[Any], float] = {}
+        self._late: set[asyncio.Task[Any]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _watch(self, task: asyncio.Task[Any]) -> None:
+        loop = asyncio.get_running_loop()
+        self._reading[task] = loop.time() + self.body_timeout
+        if self._timer is None or self._loop is not loop:
+            self._loop = loop
+            self._timer = loop.call_later(min(1.0, self.body_timeout / 4), self._check)
+
+    def _check(self) -> None:
+        self._timer = None
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        now = loop.time()
+        for task, deadline in list(self._reading.items()):
+            if now >= deadline:
+                del self._reading[task]
+                self._late.add(task)
+                task.cancel(BODY_LATE)
+        if self._reading:
+            self._timer = loop.call_later(min(1.0, self.body_timeout / 4), self._check)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or route_of(scope).kind in _STREAMED_KINDS:
@@ -66,18 +100,23 @@ class BodyGuard:
         budget = self.budget
         held = 0
         done = False
-        deadline = 0.0
+        reader: asyncio.Task[Any] | None = None
 
         async def guarded() -> Message:
-            nonlocal held, done, deadline
+            nonlocal held, done, reader
             if done:
                 return await receive()  # the body is in: what follows is a disconnect
-            if not deadline:
-                deadline = asyncio.get_running_loop().time() + self.body_timeout
+            if reader is None:
+                reader = asyncio.current_task()
+                if reader is not None:
+                    self._watch(reader)
             try:
-                async with asyncio.timeout_at(deadline):
-                    message = await receive()
-            except TimeoutError:
+                message = await receive()
+            except asyncio.CancelledError:
+                if reader is None or reader not in self._late:
+                    raise
+                self._late.discard(reader)
+                reader.uncancel()
                 raise RequestTimeout(
                     f"the request body did not arrive within {self.body_timeout:g}s "
                     "(OSP_BODY_TIMEOUT)"
@@ -92,13 +131,19 @@ class BodyGuard:
                         retry_after=1,
                     )
                 held += size
-                done = not message.get("more_body", False)
+                if not message.get("more_body", False):
+                    done = True
+                    if reader is not None:
+                        self._reading.pop(reader, None)
             return message
 
         try:
             await self.app(scope, guarded, send)
         finally:
             budget.give_back(held)
+            if reader is not None:
+                self._reading.pop(reader, None)
+                self._late.discard(reader)
 
 
-__all__ = ["BodyBudget", "BodyGuard"]
+__all__ = ["BODY_LATE", "BodyBudget", "BodyGuard"]

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from fnmatch import fnmatchcase
 from urllib.parse import urlsplit
 
-from .._http import header
 from ..errors import PermissionDenied
 from ..kinds import OPEN_KINDS
 from ..routing import route_of
@@ -72,6 +71,8 @@ class HostGuard:
         self.allowed_hosts = [pattern.lower() for pattern in allowed_hosts]
         self.allowed_origins = {origin.rstrip("/").lower() for origin in allowed_origins}
         self.any_host = "*" in self.allowed_hosts
+        #: Decisions by (Host, Origin): a proxy sees few distinct ones.
+        self._seen: dict[tuple[bytes | None, bytes | None], str] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and route_of(scope).kind not in OPEN_KINDS:
@@ -79,19 +80,35 @@ class HostGuard:
         await self.app(scope, receive, send)
 
     def check(self, scope: Scope) -> None:
-        raw_host = header(scope, b"host")
+        raw_host = origin = None
+        for name, value in scope["headers"]:
+            if name == b"host":
+                raw_host = value
+            elif name == b"origin":
+                origin = value
+        known = self._seen.get((raw_host, origin))
+        if known is None:
+            known = self._decide(raw_host, origin)
+            if len(self._seen) >= 512:
+                self._seen.clear()
+            self._seen[(raw_host, origin)] = known
+        if known:
+            raise PermissionDenied(known)
+
+    def _decide(self, raw_host: bytes | None, origin: bytes | None) -> str:
+        """Why a request with this Host and Origin is refused ("" if it is not)."""
         host = _host_of(raw_host.decode("latin-1")) if raw_host is not None else ""
         if not self.any_host and not self._host_allowed(host):
-            raise PermissionDenied(
+            return (
                 f"the Host {host!r} is not a local name: without API keys the proxy answers "
                 "only local names (list others in OSP_ALLOWED_HOSTS), as Ollama does"
             )
-        origin = header(scope, b"origin")
         if origin is not None and not self._origin_allowed(origin.decode("latin-1"), raw_host):
-            raise PermissionDenied(
+            return (
                 f"requests from the web page at {origin.decode('latin-1')!r} are not allowed "
                 "(list it in OSP_CORS_ORIGINS to allow it), as Ollama refuses them"
             )
+        return ""
 
     def _host_allowed(self, host: str) -> bool:
         if is_local_host(host):

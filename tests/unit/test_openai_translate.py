@@ -437,3 +437,17 @@ def test_random_chat_requests_lose_no_field(
     assert options.get("num_predict") == max_tokens
     assert options.get("seed") == seed
     assert options.get("stop") == ([stop] if isinstance(stop, str) else stop)
+
+
+def test_a_data_url_image_is_checked_at_its_ends_not_decoded() -> None:
+    """A 64 MiB image held the event loop 0.7 s in base64.b64decode; Ollama decodes it."""
+    from ollama_smart_proxy._translate import FieldError, image_data
+
+    good = "QUJD" * 5000
+    assert image_data(f"data:image/png;base64,{good}", "p") == good
+    middle_bad = good[:8000] + "!!!!" + good[8004:]
+    assert image_data(f"data:image/png;base64,{middle_bad}", "p") == middle_bad  # Ollama's 400
+    for bad in ("QUJ", "!!!!" + good, good + "!!!!", "data:text/html;base64,QUJD"):
+        url = bad if bad.startswith("data:") else f"data:image/png;base64,{bad}"
+        with pytest.raises(FieldError):
+            image_data(url, "p")

@@ -37,16 +37,17 @@ def _host_of(value: str) -> str:
 
 def is_local_host(host: str) -> bool:
     """Whether ``host`` is a name or address only this machine or its network can mean."""
-    if not host or host == "localhost" or host.endswith(LOCAL_SUFFIXES) or "." not in host:
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return True  # a local name, or a single label (no public DNS name has none)
-        return address.is_loopback or address.is_private or address.is_unspecified
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        return host == socket.gethostname().lower()
+        # A local name, a single label (no public DNS name has none), or this machine's name.
+        return (
+            not host
+            or host == "localhost"
+            or host.endswith(LOCAL_SUFFIXES)
+            or "." not in host
+            or host == socket.gethostname().lower()
+        )
     return address.is_loopback or address.is_private or address.is_unspecified
 
 

@@ -15,6 +15,7 @@ import logging
 import math
 from typing import Any
 
+from ._ticker import Ticker
 from .access_log import get_context
 from .errors import (
     ClientDisconnected,
@@ -64,23 +65,15 @@ class Stalls:
         self.ticks = max(1, math.ceil(timeout / self.period))
         self.active: set[_Sending] = set()
         self.ended: set[asyncio.Task[Any]] = set()
-        self._timer: asyncio.TimerHandle | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ticker = Ticker(self.period, self._check)
 
     def watch(self, task: asyncio.Task[Any]) -> _Sending:
         sending = _Sending(task)
         self.active.add(sending)
-        loop = asyncio.get_running_loop()
-        if self._timer is None or self._loop is not loop:
-            self._loop = loop
-            self._timer = loop.call_later(self.period, self._check)
+        self._ticker.start(asyncio.get_running_loop())
         return sending
 
-    def _check(self) -> None:
-        self._timer = None
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
+    def _check(self, now: float) -> bool:
         for sending in list(self.active):
             if sending.waiting and sending.sends == sending.seen:
                 sending.idle += 1
@@ -91,8 +84,7 @@ class Stalls:
             else:
                 sending.seen = sending.sends
                 sending.idle = 0
-        if self.active:
-            self._timer = loop.call_later(self.period, self._check)
+        return bool(self.active)
 
 
 #: The message a task is cancelled with when its client stopped reading.

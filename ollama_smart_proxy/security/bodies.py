@@ -14,6 +14,7 @@ import asyncio
 import math
 from typing import Any
 
+from .._ticker import Ticker
 from ..errors import Overloaded, RequestTimeout
 from ..routing import route_of
 from ..types import ASGIApp, Message, Receive, Scope, Send
@@ -69,29 +70,20 @@ class BodyGuard:
         self.budget = budget or BodyBudget(max_buffered_bytes)
         self._reading: dict[asyncio.Task[Any], float] = {}
         self._late: set[asyncio.Task[Any]] = set()
-        self._timer: asyncio.TimerHandle | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ticker = Ticker(min(1.0, body_timeout / 4), self._check)
 
     def _watch(self, task: asyncio.Task[Any]) -> None:
         loop = asyncio.get_running_loop()
         self._reading[task] = loop.time() + self.body_timeout
-        if self._timer is None or self._loop is not loop:
-            self._loop = loop
-            self._timer = loop.call_later(min(1.0, self.body_timeout / 4), self._check)
+        self._ticker.start(loop)
 
-    def _check(self) -> None:
-        self._timer = None
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        now = loop.time()
+    def _check(self, now: float) -> bool:
         for task, deadline in list(self._reading.items()):
             if now >= deadline:
                 del self._reading[task]
                 self._late.add(task)
                 task.cancel(BODY_LATE)
-        if self._reading:
-            self._timer = loop.call_later(min(1.0, self.body_timeout / 4), self._check)
+        return bool(self._reading)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or route_of(scope).kind in _STREAMED_KINDS:

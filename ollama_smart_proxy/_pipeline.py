@@ -210,6 +210,8 @@ class ResponseWriter:
         exchange = self._exchange
         exchange.prompt_tokens = prompt if type(prompt) is int and prompt >= 0 else 0
         exchange.completion_tokens = output if type(output) is int and output >= 0 else 0
+        load = chunk.get("load_duration")
+        exchange.load_seconds = load / 1e9 if type(load) is int and load > 0 else 0.0
 
     def _track(self, data: bytes, more: bool) -> None:
         """Keep the last two pieces of a passed-through answer (references, no copies);
@@ -250,7 +252,7 @@ class ResponseWriter:
             await self._send({"type": "http.response.body", "body": data, "more_body": True})
 
 
-_COUNTS = re.compile(rb'"(prompt_eval_count|eval_count)":\s*(\d{1,12})')
+_COUNTS = re.compile(rb'"(prompt_eval_count|eval_count|load_duration)":\s*(\d{1,15})')
 
 
 def _counts_at_end(window: bytes) -> Chunk | None:

@@ -20,6 +20,7 @@ from .anthropic.middleware import anthropic_dialect
 from .boundary import ErrorBoundary
 from .entry import NATIVE, Dialect, LimitOptions, ModelEntry
 from .errors import ProxyError
+from .fleet import Backend, Fleet
 from .health import Health, StatusSource, send_json
 from .metrics import Metrics
 from .models import ModelLoader
@@ -36,7 +37,7 @@ from .upstream import OllamaUpstream
 logger = logging.getLogger("ollama_smart_proxy")
 
 #: Response headers a browser UI may read (CORS).
-EXPOSED_HEADERS = ["x-request-id", "retry-after", "server-timing"]
+EXPOSED_HEADERS = ["x-request-id", "retry-after", "server-timing", "x-osp-backend"]
 
 
 class Router:
@@ -120,14 +121,37 @@ class SmartProxy:
             order=settings.agent_order,
         )
         token = settings.upstream_api_key
-        self.upstream = OllamaUpstream(
-            settings.upstream,
-            timeout=settings.upstream_timeout,
-            connect_timeout=settings.upstream_connect_timeout,
-            max_body_bytes=settings.max_body_bytes,
-            transport=transport,
-            headers=[("authorization", f"Bearer {token}")] if token else (),
+        self.upstream = self._upstream(settings.upstream, token, transport)
+        #: The fleet, when ``backends`` are configured (else ``None``: one upstream).
+        self.fleet = (
+            Fleet(
+                [
+                    Backend(
+                        name=spec.name,
+                        url=spec.url,
+                        app=self._upstream(spec.url, spec.api_key, transport),
+                        parallel=spec.parallel,
+                        max_concurrent=spec.max_concurrent,
+                        weight=spec.weight,
+                        labels=dict(spec.labels),
+                    )
+                    for spec in settings.backends
+                ],
+                max_queue=settings.max_queue,
+                queue_timeout=settings.queue_timeout,
+                poll_interval=settings.poll_interval,
+                poll_timeout=settings.health_timeout,
+                failover_attempts=settings.failover_attempts,
+                eject_seconds=settings.eject_seconds,
+                pull_to=settings.pull_to,
+                session_headers=settings.session_headers,
+                max_body_bytes=settings.max_body_bytes,
+            )
+            if settings.backends
+            else None
         )
+        #: The layer that reaches Ollama: the fleet, or the one upstream.
+        self.terminal: ASGIApp = self.fleet or self.upstream
         self.keys = keys_from_settings(settings.api_keys, settings.admin_keys, settings.keys_file)
         self.drain_state = Drain(settings.shutdown_grace)
         self.metrics = (
@@ -137,9 +161,12 @@ class SmartProxy:
             if metrics_module.available()
             else None
         )
+        if self.fleet is not None and self.metrics is not None:
+            fleet = self.fleet
+            self.metrics.watch_backends(lambda: fleet.describe()["backends"])
         self.admission = (
             Admission(
-                self.upstream,
+                self.terminal,
                 max_concurrent=settings.max_concurrent,
                 max_queue=settings.max_queue,
                 queue_timeout=settings.queue_timeout,
@@ -150,7 +177,7 @@ class SmartProxy:
             else None
         )
         self.loader = ModelLoader(
-            self.admission or self.upstream,
+            self.admission or self.terminal,
             aliases=settings.aliases,
             default_model=settings.default_model,
             auto_pull=settings.auto_pull,
@@ -165,6 +192,19 @@ class SmartProxy:
         )
         self._app = self._build()
 
+    def _upstream(
+        self, url: str, token: str | None, transport: httpx.AsyncBaseTransport
+    ) -> OllamaUpstream:
+        s = self.settings
+        return OllamaUpstream(
+            url,
+            timeout=s.upstream_timeout,
+            connect_timeout=s.upstream_connect_timeout,
+            max_body_bytes=s.max_body_bytes,
+            transport=transport,
+            headers=[("authorization", f"Bearer {token}")] if token else (),
+        )
+
     def _build(self) -> ASGIApp:
         """The stack, outermost first, in the order a request flows (docs/architecture.md
         draws it)::
@@ -172,7 +212,8 @@ class SmartProxy:
             CORS > AccessLog (+ metrics) > ErrorBoundary > BodyGuard > ApiKeys | HostGuard
               > RoutePolicy > Router
               model routes: ModelEntry (ollama, openai, responses, anthropic dialects)
-                              > CommandParser > agents > ModelLoader > Admission > OllamaUpstream
+                              > CommandParser > agents > ModelLoader > Admission
+                              > Fleet (with backends) > OllamaUpstream
               proxy:        health, /plugins, /metrics
         """
         s = self.settings
@@ -185,16 +226,19 @@ class SmartProxy:
         # Below the entry, every model request is one native exchange. The loader is in the
         # stack when a request may need it: nothing to rewrite and no key's models to check,
         # and requests go past it at no cost.
-        below: ASGIApp = self.admission or self.upstream
+        below: ASGIApp = self.admission or self.terminal
         if self.loader.rewrites or any(key.models is not None for key in self.keys):
             below = self.loader
         completions = self.registry.build(below, prefix=s.command_prefix)
+        checks = [self.loader.not_ready] if s.ready_waits_for_preload else []
+        if self.fleet is not None:  # ready while a backend is up (the polls say)
+            checks.insert(0, self.fleet.ready)
         health = Health(
-            self.upstream.fetch,
-            upstream=self.upstream.url,
+            self.upstream.fetch if self.fleet is None else None,
+            upstream=self.upstream.url if self.fleet is None else None,
             timeout=s.health_timeout,
             sources=self._health_sources(),
-            checks=[self.loader.not_ready] if s.ready_waits_for_preload else [],
+            checks=checks,
         )
         # The dialects the entry speaks: one row each.
         dialects = [
@@ -230,6 +274,8 @@ class SmartProxy:
 
     def _health_sources(self) -> dict[str, StatusSource]:
         sources: dict[str, StatusSource] = {"models": self.loader.models.describe}
+        if self.fleet is not None:
+            sources["fleet"] = self.fleet.describe
         if self.admission is not None:
             sources["admission"] = self.admission.describe
         return sources
@@ -259,11 +305,15 @@ class SmartProxy:
         _ = self.upstream.transport
         if self.handle_signals:
             self.drain_state.install_signal_handlers()
+        if self.fleet is not None:
+            await self.fleet.start()
         await self.loader.startup()
 
     async def aclose(self) -> None:
         """Stop pulls and preloads in flight and close the upstream transport."""
         await self.loader.aclose()
+        if self.fleet is not None:
+            await self.fleet.aclose()
         await self.upstream.aclose()
 
     async def __aenter__(self) -> SmartProxy:

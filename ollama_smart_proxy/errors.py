@@ -187,6 +187,9 @@ class UpstreamError(ProxyError):
     """Ollama is unreachable, closed the connection early, or sent something invalid."""
 
     status_code = 502
+    #: Whether the request surely never reached Ollama (no connection could be made): it
+    #: may be sent elsewhere. Set by the one place transport exceptions are mapped.
+    unsent: bool = False
 
 
 class UpstreamTimeout(UpstreamError):

@@ -85,12 +85,18 @@ class Exchange:
     #: Tokens in and out, decoded once from Ollama's final chunk (by the response pipeline).
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    #: Seconds Ollama spent loading the model for it (``load_duration``; the pipeline).
+    load_seconds: float = 0.0
     #: When the body went to Ollama, and when Ollama's answer began (``perf_counter``;
     #: written by the response pipeline; 0 until then).
     forwarded: float = 0.0
     answered: float = 0.0
-    #: The name of the backend that served it (written by the layer that chose it).
+    #: The name of the backend that served it, why it was chosen (``affinity``, ``loaded``,
+    #: ``cold``, ``failover``...) and the milliseconds choosing took, queueing included
+    #: (written by the fleet, the layer that chose it).
     backend: str | None = None
+    backend_reason: str | None = None
+    routing_ms: float = 0.0
     #: Where an answer made by the proxy itself goes (set by the owner of the pipeline).
     answer: Answer | None = field(default=None, repr=False)
 
@@ -139,10 +145,16 @@ class Exchange:
         """``Server-Timing``: the time spent in the proxy before the request went to Ollama
         (parsing, agents, queueing, pulls), and Ollama's time to answer."""
         if not self.forwarded:
-            return f"proxy;dur={(now - started) * 1000:.1f}"
-        proxy = (self.forwarded - started) * 1000
-        upstream = ((self.answered or now) - self.forwarded) * 1000
-        return f"proxy;dur={proxy:.1f}, upstream;dur={upstream:.1f}"
+            timing = f"proxy;dur={(now - started) * 1000:.1f}"
+        else:
+            proxy = (self.forwarded - started) * 1000
+            upstream = ((self.answered or now) - self.forwarded) * 1000
+            timing = f"proxy;dur={proxy:.1f}, upstream;dur={upstream:.1f}"
+        if self.backend is not None:
+            timing += (
+                f', route;dur={self.routing_ms:.2f};desc="{self.backend} {self.backend_reason}"'
+            )
+        return timing
 
 
 def get_exchange(scope: Scope) -> Exchange | None:

@@ -37,9 +37,9 @@ class Health:
 
     def __init__(
         self,
-        fetch: Fetch,
+        fetch: Fetch | None,
         *,
-        upstream: str,
+        upstream: str | None,
         timeout: float = 2.0,
         sources: Mapping[str, StatusSource] | None = None,
         checks: Sequence[ReadinessCheck] = (),
@@ -64,11 +64,27 @@ class Health:
         await send_json(send, status, data)
 
     async def ready(self) -> tuple[int, dict[str, Any]]:
-        data: dict[str, Any] = {"version": __version__, "upstream": self.upstream}
+        data: dict[str, Any] = {"version": __version__}
+        reason: str | None = None
+        if self.fetch is not None:
+            data["upstream"] = self.upstream
+            reason = await self._upstream(self.fetch, data)
+        for check in self.checks:
+            reason = reason or check()
+        if reason is None:
+            data["status"] = "ok"
+            return 200, data
+        if self.fetch is not None:
+            data.setdefault("upstream_version", None)
+        data.update(status="unavailable", reason=reason)
+        return 503, data
+
+    async def _upstream(self, fetch: Fetch, data: dict[str, Any]) -> str | None:
+        """Ask the one Ollama its version: why it is not ready, or ``None``."""
         started = time.perf_counter()
         reason: str | None
         try:
-            status, body = await self.fetch("GET", "/api/version", self.timeout)
+            status, body = await fetch("GET", "/api/version", self.timeout)
         except ProxyError as exc:
             reason = exc.message
         else:
@@ -84,14 +100,7 @@ class Health:
                     reason = "Ollama answered /api/version with a body that is not JSON"
             if reason is None:
                 data.update(upstream_version=version, upstream_latency_ms=latency)
-        for check in self.checks:
-            reason = reason or check()
-        if reason is None:
-            data["status"] = "ok"
-            return 200, data
-        data.setdefault("upstream_version", None)
-        data.update(status="unavailable", reason=reason)
-        return 503, data
+        return reason
 
 
 __all__ = ["Health", "send_json"]

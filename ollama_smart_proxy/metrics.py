@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from ._http import send_body
@@ -29,6 +29,7 @@ try:
     import prometheus_client
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
     from prometheus_client import multiprocess as _multiprocess
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 except ImportError:  # pragma: no cover - exercised where the server extra is not installed
     prometheus_client = None  # type: ignore[assignment]
 
@@ -144,6 +145,15 @@ class Metrics:
             registry=registry,
         )
 
+        self.backend_requests = Counter(
+            "osp_backend_requests_total",
+            "Generations served by each backend, by the reason it was chosen "
+            "(affinity, loaded, cold, unknown, failover).",
+            ["backend", "reason"],
+            registry=registry,
+        )
+        self._backends: BackendCollector | None = None
+
         # Children by label values: prometheus-client's labels() costs ~3 µs a call.
         self._children: dict[tuple[Any, ...], Any] = {}
 
@@ -170,12 +180,21 @@ class Metrics:
     def pulled(self, model: str, result: str) -> None:
         self.pulls.labels(result).inc()
 
+    def watch_backends(self, source: Callable[[], Sequence[Mapping[str, Any]]]) -> None:
+        """Expose the fleet's backends (their state as ``source`` describes it when scraped:
+        nothing is counted per request for it)."""
+        self._backends = BackendCollector(source)
+        if self.registry is not None:
+            self.registry.register(self._backends)
+
     # -- the endpoint ---------------------------------------------------------------------
 
     def render(self) -> tuple[bytes, str]:
         if self.registry is None:
             registry = CollectorRegistry()
             _multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            if self._backends is not None:
+                registry.register(self._backends)
         else:
             registry = self.registry
         return prometheus_client.generate_latest(registry), prometheus_client.CONTENT_TYPE_LATEST
@@ -199,6 +218,9 @@ class Metrics:
         if first_byte:
             child(self.first_byte, route.kind, route.dialect).observe(first_byte - context.started)
         if exchange is not None:
+            if exchange.backend is not None:
+                reason = exchange.backend_reason or "-"
+                child(self.backend_requests, exchange.backend, reason).inc()
             if exchange.prompt_tokens or exchange.completion_tokens:
                 child(self.tokens, "in", label).inc(exchange.prompt_tokens)
                 child(self.tokens, "out", label).inc(exchange.completion_tokens)
@@ -208,4 +230,49 @@ class Metrics:
             child(self.upstream_errors, route.kind).inc()
 
 
-__all__ = ["Metrics", "ModelLabels", "available", "multiprocess"]
+class BackendCollector:
+    """The fleet's backends as metrics, read from their description when scraped."""
+
+    def __init__(self, source: Callable[[], Sequence[Mapping[str, Any]]]) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Any]:
+        up = GaugeMetricFamily(
+            "osp_backend_up", "1 if the backend takes requests.", labels=["backend"]
+        )
+        state = GaugeMetricFamily(
+            "osp_backend_state",
+            "The backend's state (1 for the one it is in).",
+            labels=["backend", "state"],
+        )
+        in_flight = GaugeMetricFamily(
+            "osp_backend_in_flight", "Generations running on the backend now.", labels=["backend"]
+        )
+        loaded = GaugeMetricFamily(
+            "osp_backend_loaded_models", "Models the backend has loaded.", labels=["backend"]
+        )
+        errors = CounterMetricFamily(
+            "osp_backend_errors", "Requests the backend failed.", labels=["backend"]
+        )
+        ejections = CounterMetricFamily(
+            "osp_backend_ejections", "Times the backend was ejected.", labels=["backend"]
+        )
+        cold = CounterMetricFamily(
+            "osp_backend_cold_loads",
+            "Generations the backend had to load a model for.",
+            labels=["backend"],
+        )
+        for backend in self.source():
+            name = str(backend["name"])
+            up.add_metric([name], 1.0 if backend["state"] == "up" else 0.0)
+            for known in ("up", "down", "ejected"):
+                state.add_metric([name, known], 1.0 if backend["state"] == known else 0.0)
+            in_flight.add_metric([name], float(backend["in_flight"]))
+            loaded.add_metric([name], float(len(backend["loaded"])))
+            errors.add_metric([name], float(backend["errors"]))
+            ejections.add_metric([name], float(backend["ejections"]))
+            cold.add_metric([name], float(backend["cold_loads"]))
+        yield from (up, state, in_flight, loaded, errors, ejections, cold)
+
+
+__all__ = ["BackendCollector", "Metrics", "ModelLabels", "available", "multiprocess"]

@@ -26,6 +26,7 @@ from pydantic_settings import (
 
 from ._keys import KeySpec
 from ._urls import DEFAULT_UPSTREAM, parse_ollama_host
+from .fleet.spec import BackendSpec, check_unique
 
 
 class _OllamaHostSource(PydanticBaseSettingsSource):
@@ -186,6 +187,39 @@ class Settings(BaseSettings):
         "info", description="Log level."
     )
 
+    backends: list[BackendSpec] = Field(
+        default_factory=list,
+        description="Several Ollama servers (a fleet): a JSON list or TOML [[backends]] of "
+        "{name, url, parallel, max_concurrent, weight, labels, api_key}; instead of upstream.",
+    )
+    poll_interval: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds between polls of each backend's /api/version, /api/tags and "
+        "/api/ps (with 20% jitter; never a generation).",
+    )
+    failover_attempts: int = Field(
+        2,
+        ge=0,
+        description="Other backends a generation is tried on when one fails before its first "
+        "byte (refused, unreachable, 5xx); never after, never for an admin route.",
+    )
+    eject_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds a failing backend is ejected for at first; doubled at each "
+        "failure in a row, up to 60 s (or this, if larger).",
+    )
+    pull_to: Literal["one", "all"] = Field(
+        "one",
+        description="Where a pull goes: the one backend routing picks for the model, or all.",
+    )
+    session_headers: list[str] = Field(
+        default_factory=lambda: ["x-claude-code-session-id", "x-session-id"],
+        description="Request headers that name a conversation, for backend affinity (else the "
+        "system prompt and first message do).",
+    )
+
     upstream_connect_timeout: float = Field(
         5.0, gt=0, description="Seconds to wait for a connection to Ollama."
     )
@@ -238,6 +272,28 @@ class Settings(BaseSettings):
                 "OSP_ variables of other programs are expected)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _one_form_of_upstream(self) -> Settings:
+        if not self.backends:
+            return self
+        check_unique(self.backends)
+        from_ollama_host = (
+            "OSP_UPSTREAM" not in os.environ
+            and bool(os.environ.get("OLLAMA_HOST"))
+            and parse_ollama_host(os.environ["OLLAMA_HOST"]) == self.upstream
+        )
+        if "upstream" in self.model_fields_set and not from_ollama_host:
+            raise ValueError(
+                "upstream and backends are both given: give one Ollama as upstream "
+                "(OSP_UPSTREAM) or several as backends (OSP_BACKENDS), not both"
+            )
+        return self
+
+    @field_validator("session_headers")
+    @classmethod
+    def _lower_headers(cls, value: list[str]) -> list[str]:
+        return [name.strip().lower() for name in value if name.strip()]
 
     @field_validator("upstream", mode="before")
     @classmethod

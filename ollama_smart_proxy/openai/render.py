@@ -319,7 +319,10 @@ def models_list(tags: dict[str, Any], aliases: Mapping[str, str] | None = None) 
         if not isinstance(entry, dict):
             continue
         name = entry.get("model") or entry.get("name") or ""
-        data.append(model_object(str(name), entry.get("modified_at")))
+        model = model_object(str(name), entry.get("modified_at"))
+        if isinstance(entry.get("backends"), list):  # a fleet's: where the model is
+            model["backends"] = entry["backends"]
+        data.append(model)
     data += [alias_object(alias) for alias in aliases or {}]
     return {"object": "list", "data": data}
 

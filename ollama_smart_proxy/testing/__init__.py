@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from ._fake import FakeModel, FakeOllama, FakeReply, RecordedRequest
 from ._server import serve_in_thread
-from ._transport import StreamingASGITransport
+from ._transport import HostsASGITransport, StreamingASGITransport
 
 __all__ = [
     "FakeModel",
     "FakeOllama",
     "FakeReply",
+    "HostsASGITransport",
     "RecordedRequest",
     "StreamingASGITransport",
     "serve_in_thread",

@@ -183,6 +183,15 @@ class FakeOllama:
     seconds to load (one load at a time), and with ``max_loaded`` models loaded the least
     recently used idle one is unloaded first, waiting for its requests to finish if all are
     busy, as Ollama's scheduler does when memory is short. ``loads`` counts the loads.
+
+    ``parallel`` gives each loaded model that many slots (``OLLAMA_NUM_PARALLEL``): more
+    chat or generate requests at once wait, first come first served. Each slot keeps the
+    prompt it processed last (Ollama's prompt cache, one per slot); a request takes the
+    free slot that shares the longest beginning with its prompt, and before its first token
+    waits ``prefill_delay`` seconds for each prompt token that slot had not seen.
+    ``prefills`` records (prompt tokens, tokens found in the cache) per request.
+    ``failure = (status, error)`` makes every chat and generate request fail so (a server
+    that fails fast).
     """
 
     def __init__(
@@ -198,6 +207,8 @@ class FakeOllama:
         embedding_dim: int = 16,
         load_delay: float = 0.0,
         max_loaded: int | None = None,
+        parallel: int | None = None,
+        prefill_delay: float = 0.0,
     ) -> None:
         source = DEFAULT_MODELS if models is None else models
         self.models: dict[str, FakeModel] = {}
@@ -234,6 +245,13 @@ class FakeOllama:
         #: Chat and generate requests being answered now, and the most there ever were.
         self.active = 0
         self.max_active = 0
+        self.parallel = parallel
+        self.prefill_delay = prefill_delay
+        #: (prompt tokens, of which cached) for each chat or generate request answered.
+        self.prefills: list[tuple[int, int]] = []
+        self._slots: dict[str, list[list[str] | None]] = {}
+        self._slot_free: dict[str, anyio.Semaphore] = {}
+        self.failure: tuple[int, str] | None = None
 
     # -- scripting ----------------------------------------------------------------
 
@@ -627,18 +645,62 @@ class FakeOllama:
         if isinstance(top, int) and not 0 <= top <= 20:
             await _json(send, 400, {"error": "top_logprobs must be between 0 and 20"})
             return
+        if self.failure is not None:
+            status, error = self.failure
+            await _json(send, status, {"error": error})
+            return
         await self._load(model.name)
         if empty:
             await self._load_reply(kind, name, "load", send)
             return
         self._in_use[model.name] += 1
         try:
-            await self._generate_reply(kind, name, model, data, receive, send)
+            if self.parallel is None:
+                await self._prefill(_prompt_tokens(kind, data), None)
+                await self._generate_reply(kind, name, model, data, receive, send)
+            else:
+                await self._in_slot(kind, name, model, data, receive, send)
         finally:
             self._in_use[model.name] -= 1
             if self._released is not None:
                 self._released.set()  # an unload waiting for an idle model may go on
                 self._released = None
+
+    async def _in_slot(
+        self,
+        kind: str,
+        name: str,
+        model: FakeModel,
+        data: dict[str, Any],
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        """Answer in one of the model's ``parallel`` slots: the free one whose cache shares
+        the longest beginning with this prompt."""
+        assert self.parallel is not None
+        free = self._slot_free.get(model.name)
+        if free is None:
+            free = self._slot_free[model.name] = anyio.Semaphore(self.parallel)
+            self._slots[model.name] = [[] for _ in range(self.parallel)]
+        slots = self._slots[model.name]
+        tokens = _prompt_tokens(kind, data)
+        async with free:
+            index = max(
+                (i for i, cache in enumerate(slots) if cache is not None),
+                key=lambda i: _common(slots[i] or [], tokens),
+            )
+            cache, slots[index] = slots[index], None  # taken
+            try:
+                await self._prefill(tokens, cache)
+                await self._generate_reply(kind, name, model, data, receive, send)
+            finally:
+                slots[index] = tokens
+
+    async def _prefill(self, tokens: list[str], cache: list[str] | None) -> None:
+        cached = _common(cache, tokens) if cache else 0
+        self.prefills.append((len(tokens), cached))
+        if self.prefill_delay:
+            await anyio.sleep(self.prefill_delay * (len(tokens) - cached))
 
     async def _load(self, name: str) -> None:
         """Load ``name`` if it is not loaded, as Ollama's scheduler would (see the class)."""
@@ -833,6 +895,28 @@ class FakeOllama:
             group.cancel_scope.cancel()
         if disconnected.is_set():
             self.disconnects.append(record)
+
+
+def _prompt_tokens(kind: str, data: dict[str, Any]) -> list[str]:
+    """The prompt as tokens, each message's role first (what a prompt cache holds)."""
+    if kind == "chat":
+        tokens: list[str] = []
+        for message in data.get("messages") or []:
+            if isinstance(message, dict):
+                tokens.append(f"<{message.get('role')}>")
+                tokens += tokenize(str(message.get("content") or ""))
+        return tokens
+    return [f"<system>{data.get('system') or ''}", *tokenize(str(data.get("prompt") or ""))]
+
+
+def _common(cache: list[str], tokens: list[str]) -> int:
+    """How many tokens ``tokens`` shares with ``cache`` from the beginning."""
+    count = 0
+    for cached, token in zip(cache, tokens, strict=False):
+        if cached != token:
+            break
+        count += 1
+    return count
 
 
 def _call_id() -> str:

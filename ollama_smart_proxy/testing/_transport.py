@@ -126,3 +126,29 @@ class _Body(httpx.AsyncByteStream):
             await asyncio.wait({self._task}, timeout=0.005)
         while not self._chunks.empty():
             self._chunks.get_nowait()
+
+
+class HostsASGITransport(httpx.AsyncBaseTransport):
+    """One transport to several in-process apps, by host name: a fleet in one process.
+
+    ``HostsASGITransport({"gpu-a": fake_a, "gpu-b": fake_b})`` serves requests to
+    ``http://gpu-a:11434`` with ``fake_a``. :meth:`down` makes a host refuse connections
+    (``httpx.ConnectError``, as a server that is gone), :meth:`up` brings it back.
+    """
+
+    def __init__(self, apps: dict[str, Any]) -> None:
+        self.transports = {host: StreamingASGITransport(app) for host, app in apps.items()}
+        self.refusing: set[str] = set()
+
+    def down(self, host: str) -> None:
+        self.refusing.add(host)
+
+    def up(self, host: str) -> None:
+        self.refusing.discard(host)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        host = request.url.host
+        transport = self.transports.get(host)
+        if transport is None or host in self.refusing:
+            raise httpx.ConnectError(f"[Errno 111] Connection refused ({host})", request=request)
+        return await transport.handle_async_request(request)

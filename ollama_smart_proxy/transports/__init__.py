@@ -47,10 +47,16 @@ def map_transport_errors(
     try:
         yield
     except httpx.PoolTimeout as exc:
-        raise UpstreamTimeout(
+        error: UpstreamError = UpstreamTimeout(
             f"no free connection to Ollama at {upstream} in time "
             "(raise OSP_UPSTREAM_MAX_CONNECTIONS, or bound the load with OSP_MAX_CONCURRENT)"
-        ) from exc
+        )
+        error.unsent = True
+        raise error from exc
+    except httpx.ConnectTimeout as exc:
+        error = UpstreamTimeout(f"cannot connect to Ollama at {upstream}: timed out")
+        error.unsent = True
+        raise error from exc
     except httpx.TimeoutException as exc:
         if streaming:
             message = f"Ollama sent nothing for {read_timeout:g}s; the stream was closed"
@@ -70,7 +76,9 @@ def map_transport_errors(
             message = f"bad answer from Ollama at {upstream}: {reason}"
         else:
             message = f"cannot reach Ollama at {upstream}: {reason}"
-        raise UpstreamError(message) from exc
+        error = UpstreamError(message)
+        error.unsent = not streaming and isinstance(exc, httpx.ConnectError)
+        raise error from exc
 
 
 __all__ = [

@@ -1,0 +1,175 @@
+"""What the fleet knows of its backends, from cheap polls that never generate.
+
+Every ``poll_interval`` seconds (with 20% jitter, so replicas and backends do not beat in
+step), each backend is asked ``/api/version``, ``/api/tags`` and ``/api/ps``: its version,
+what it has installed and what it has loaded. None of them loads a model or moves its
+``keep_alive``. A backend that does not answer in ``poll_timeout`` is down until it does.
+The merged listings (``/api/tags``, ``/api/ps``, ``/api/version`` for the whole fleet) are
+made here too, from the backends' own answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import re
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .._json import loads
+from .._side import side_request
+from ..errors import ProxyError, UpstreamError
+from ..types import Scope
+from .backend import Backend
+
+logger = logging.getLogger("ollama_smart_proxy.fleet")
+
+
+async def _get_json(backend: Backend, scope: Scope | None, path: str, limit: float) -> Any:
+    async with asyncio.timeout(limit):
+        status, body = await side_request(backend.app, scope, "GET", path)
+    if status != 200:
+        raise UpstreamError(f"{backend.name} answered {path} with HTTP {status}")
+    try:
+        return loads(body)
+    except ValueError:
+        raise UpstreamError(
+            f"{backend.name} answered {path} with a body that is not JSON"
+        ) from None
+
+
+def _entries(data: Any) -> list[dict[str, Any]]:
+    models = data.get("models") if isinstance(data, dict) else None
+    return (
+        [entry for entry in models if isinstance(entry, dict)] if isinstance(models, list) else []
+    )
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    """``"0.12.3-rc1"`` -> ``(0, 12, 3)``: versions compared as numbers."""
+    return tuple(int(part) for part in re.findall(r"\d+", version.split("-", 1)[0])[:4])
+
+
+class Inventory:
+    """``Inventory(backends, *, poll_interval=5.0, poll_timeout=2.0, on_change=None)``:
+    polls the backends; ``on_change()`` is called after each round (the queue re-decides)."""
+
+    def __init__(
+        self,
+        backends: Sequence[Backend],
+        *,
+        poll_interval: float = 5.0,
+        poll_timeout: float = 2.0,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        self.backends = list(backends)
+        self.poll_interval = poll_interval
+        self.poll_timeout = poll_timeout
+        self.on_change = on_change
+        self._task: asyncio.Task[None] | None = None
+        self.rounds = 0
+
+    def start(self) -> None:
+        """Start polling in the background (once; also called by the first request)."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._run())
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await self.poll_all()
+            await asyncio.sleep(self.poll_interval * random.uniform(0.8, 1.2))
+
+    async def poll_all(self) -> None:
+        """Poll every backend at once; tell ``on_change``."""
+        await asyncio.gather(*(self.poll(backend) for backend in self.backends))
+        self.rounds += 1
+        if self.on_change is not None:
+            self.on_change()
+
+    async def poll(self, backend: Backend) -> None:
+        """Ask one backend what it has; a failure marks it down (never raises)."""
+        timeout = self.poll_timeout
+        try:
+            version, tags, ps = await asyncio.gather(
+                _get_json(backend, None, "/api/version", timeout),
+                _get_json(backend, None, "/api/tags", timeout),
+                _get_json(backend, None, "/api/ps", timeout),
+            )
+        except (ProxyError, TimeoutError, OSError) as exc:
+            reason = getattr(exc, "message", "") or f"no answer within {timeout:g}s"
+            if backend.state == "up":
+                logger.warning("backend %s is down: %s", backend.name, reason)
+            backend.poll_failed(reason)
+            return
+        was = backend.state
+        number = version.get("version") if isinstance(version, dict) else None
+        backend.polled_ok(
+            str(number) if number else None,
+            _entries(tags),
+            _entries(ps),
+            time.monotonic(),
+            time.time(),
+        )
+        if was != "up" and backend.state == "up":
+            logger.warning("backend %s is up again", backend.name)
+
+    # -- the fleet's listings -------------------------------------------------------------
+
+    async def _gather(self, scope: Scope, path: str) -> list[tuple[Backend, Any]]:
+        # A backend known to be down would only add its timeout: asked only if all are.
+        asked = [b for b in self.backends if b.state != "down"] or self.backends
+        answers = await asyncio.gather(
+            *(_get_json(b, scope, path, self.poll_timeout) for b in asked),
+            return_exceptions=True,
+        )
+        results = []
+        for backend, answer in zip(asked, answers, strict=True):
+            if isinstance(answer, BaseException):
+                if not isinstance(answer, ProxyError | TimeoutError | OSError):
+                    raise answer
+                continue
+            results.append((backend, answer))
+        if not results:
+            raise UpstreamError(f"no backend answered {path}: every one is down")
+        return results
+
+    async def tags(self, scope: Scope) -> dict[str, Any]:
+        """``/api/tags`` of the fleet: one entry per model, from the first backend that has
+        it, with the names of every backend that has it in ``backends``."""
+        merged: dict[str, dict[str, Any]] = {}
+        for backend, data in await self._gather(scope, "/api/tags"):
+            for entry in _entries(data):
+                name = str(entry.get("model") or entry.get("name") or "")
+                if name not in merged:
+                    merged[name] = {**entry, "backends": []}
+                merged[name]["backends"].append(backend.name)
+        return {"models": list(merged.values())}
+
+    async def ps(self, scope: Scope) -> dict[str, Any]:
+        """``/api/ps`` of the fleet: every loaded model, with the backend it is loaded on."""
+        models = []
+        for backend, data in await self._gather(scope, "/api/ps"):
+            models += [{**entry, "backend": backend.name} for entry in _entries(data)]
+        return {"models": models}
+
+    async def version(self, scope: Scope) -> dict[str, Any]:
+        """``/api/version`` of the fleet: the lowest, which every backend has reached."""
+        versions = [
+            str(data["version"])
+            for _, data in await self._gather(scope, "/api/version")
+            if isinstance(data, dict) and data.get("version")
+        ]
+        if not versions:
+            raise UpstreamError("no backend answered /api/version with a version")
+        return {"version": min(versions, key=version_key)}
+
+
+__all__ = ["Inventory", "version_key"]

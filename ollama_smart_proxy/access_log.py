@@ -142,6 +142,9 @@ def log_request(scope: Scope, context: RequestContext) -> None:
     if model and asked and model != asked:
         shown_model = f"{asked}->{model}"
     extra = f" key={escape(context.key)}" if context.key else ""
+    backend = exchange.backend if exchange is not None else None
+    if backend is not None and exchange is not None:
+        extra += f" backend={backend}({exchange.backend_reason})"
     error = context.error.message if context.error is not None else None
     if error:
         extra += f' error="{escape(error)}"'
@@ -163,6 +166,8 @@ def log_request(scope: Scope, context: RequestContext) -> None:
             "model": asked,
             "upstream_model": model,
             "key": context.key,
+            "backend": backend,
+            "backend_reason": exchange.backend_reason if exchange is not None else None,
             "status": context.status or None,
             "error": error,
             "duration_ms": round(duration, 2),
@@ -179,6 +184,8 @@ _FIELDS = (
     "model",
     "upstream_model",
     "key",
+    "backend",
+    "backend_reason",
     "status",
     "error",
     "duration_ms",

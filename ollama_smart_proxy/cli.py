@@ -92,10 +92,17 @@ def build_app(settings: Settings, demo: bool = False) -> Any:
 
     if not demo:
         return SmartProxy(settings, handle_signals=True)
-    from .testing import FakeOllama, StreamingASGITransport
+    import httpx
 
-    fake = FakeOllama(token_delay=0.03, pullable=DEMO_PULLABLE, pull_delay=3.0)
-    transport = StreamingASGITransport(fake)
+    from .testing import FakeOllama, HostsASGITransport, StreamingASGITransport
+
+    def fake() -> FakeOllama:
+        return FakeOllama(token_delay=0.03, pullable=DEMO_PULLABLE, pull_delay=3.0)
+
+    transport: httpx.AsyncBaseTransport = StreamingASGITransport(fake())
+    if settings.backends:  # a fleet of fakes: one per backend's host
+        hosts = {httpx.URL(spec.url).host for spec in settings.backends}
+        transport = HostsASGITransport({host: fake() for host in hosts})
     return SmartProxy(demo_settings(settings), transport=transport, handle_signals=True)
 
 
@@ -185,7 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("ollama-smart-proxy: --workers must be at least 1", file=sys.stderr)
         return 2
     if not args.demo:
-        problem = self_upstream(settings)
+        urls = [spec.url for spec in settings.backends] or [settings.upstream]
+        problem = next(filter(None, (self_upstream(settings, url) for url in urls)), None)
         if problem:
             print(f"ollama-smart-proxy: {problem}", file=sys.stderr)
             return 2
@@ -204,7 +212,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     agents = ", ".join(getattr(app, "agent_names", [])) or "none"
     url = f"http://{_url_host(settings.host)}:{port}"
     print(f"ollama-smart-proxy {__version__} listening on {url}")
-    print(f"  upstream: {upstream}")
+    if settings.backends:
+        names = ", ".join(spec.name for spec in settings.backends)
+        fakes = ", each an in-process FakeOllama (--demo)" if args.demo else ""
+        print(f"  backends: {names} (a fleet of {len(settings.backends)}{fakes})")
+    else:
+        print(f"  upstream: {upstream}")
     print(f"  agents:   {agents}")
     keys = bool(getattr(app, "keys", None))
     print(f"  keys:     {'required' if keys else 'none: every client may use the proxy'}")
@@ -302,9 +315,11 @@ def bind_problem(host: str, port: int, exc: OSError) -> str:
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0", "::", "[::1]", "[::]"}
 
 
-def self_upstream(settings: Settings) -> str | None:
-    """Why the upstream would be the proxy itself, or ``None``."""
-    split = urlsplit(settings.upstream)
+def self_upstream(settings: Settings, url: str | None = None) -> str | None:
+    """Why the upstream (``url``, by default ``settings.upstream``) would be the proxy
+    itself, or ``None``."""
+    url = url or settings.upstream
+    split = urlsplit(url)
     port = split.port or (443 if split.scheme == "https" else 80)
     host = (split.hostname or "").lower()
     listen = settings.host.lower()
@@ -319,8 +334,13 @@ def self_upstream(settings: Settings) -> str | None:
             f" OLLAMA_HOST={os.environ['OLLAMA_HOST']} is set in this environment (for your "
             "clients?) and the proxy reads it too: unset it here, or set OSP_UPSTREAM."
         )
+    if url != settings.upstream or settings.backends:
+        return (
+            f"the backend {url} is this proxy itself (it listens on "
+            f"{settings.host}:{settings.port}): point OSP_BACKENDS at Ollama servers"
+        )
     return (
-        f"the upstream {settings.upstream} is this proxy itself (it listens on "
+        f"the upstream {url} is this proxy itself (it listens on "
         f"{settings.host}:{settings.port}): point --upstream or OSP_UPSTREAM at Ollama.{hint}"
     )
 

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..names import canonical
+from ..names import canonical, short
 from ..types import ASGIApp
 
 State = Literal["up", "down", "ejected"]
@@ -178,8 +178,8 @@ class Backend:
             "parallel": self.parallel,
             "max_concurrent": self.max_concurrent,
             "weight": self.weight,
-            "installed": sorted(self.installed) if self.installed is not None else None,
-            "loaded": sorted(m for m in self.loaded if self.is_loaded(m, time.time())),
+            "installed": sorted(map(short, self.installed)) if self.installed is not None else None,
+            "loaded": sorted(short(m) for m in self.loaded if self.is_loaded(m, time.time())),
             "routed": dict(self.routed),
             "errors": self.errors,
             "ejections": self.ejections,

@@ -165,9 +165,10 @@ class Backend:
             self.state, self.reason = "up", ""
 
     def poll_failed(self, reason: str) -> None:
-        if self.state != "ejected":
-            self.state = "down"
-        self.reason = reason
+        """A poll found no server: down (even if ejected: no probe goes to it) until a
+        poll answers."""
+        self.probing = False
+        self.state, self.reason = "down", reason
 
     def describe(self, now: float) -> dict[str, Any]:
         data: dict[str, Any] = {

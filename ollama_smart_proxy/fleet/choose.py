@@ -7,10 +7,11 @@ every state and reused by the queue each time a slot frees:
 2. A conversation (``key``) goes to the first backend, in its consistent-hash order, among
    those where the model is loaded, while that one is not overloaded (bounded loads: at most
    ``BOUND`` times the average load of those backends); its prompt cache is there. A
-   ``follow_up`` turn (one with history to reuse) waits a little for it when it is busy.
+   ``follow_up`` turn (one with history to reuse) waits for it, when it is busy, about as
+   long as one generation holds a slot there.
 3. Otherwise: loaded with a free slot (least busy), then, when a loaded slot is expected
    to free sooner than a cold load takes, wait for one; then installed (a cold load).
-4. ``patient=False`` (a request that waited its patience out) takes any slot that is free.
+4. A request that has waited as long as a cold load takes (``waited``) takes any free slot.
 
 A backend is returned only when it has room now; ``None`` with reason ``"wait"`` means queue,
 ``"none"`` that no backend can serve the model at all.
@@ -27,7 +28,8 @@ from .backend import Backend
 
 #: Bounded loads: a conversation's backend keeps it while its load is at most this many
 #: times the average (Mirrokni, Thorup and Zadimoghaddam's consistent hashing with bounded
-#: loads, as HAProxy and Vimeo use it).
+#: loads, as HAProxy and Vimeo use it), or while it runs all it has at once with at most one
+#: waiting.
 BOUND = 1.25
 
 
@@ -62,47 +64,60 @@ def choose(
     now: float,
     wall: float,
     *,
-    patient: bool = True,
+    waited: float = 0.0,
     follow_up: bool = False,
     waiting: int = 0,
     queued: Mapping[str, int] | None = None,
     excluded: Collection[Backend] = (),
+    home: Backend | None = None,
 ) -> Choice:
-    """Where a generation for ``model`` (canonical) goes now; see the module. ``waiting``:
-    requests queued for this model; ``queued``: requests waiting for each backend (by name),
-    part of its load."""
+    """Where a generation for ``model`` (canonical) goes now; see the module.
+
+    ``waited``: seconds the request has waited already (``math.inf``: it takes any free
+    slot); ``follow_up``: a later turn of its conversation; ``waiting``: requests queued for
+    this model; ``queued``: requests waiting for each backend (by name), part of its load;
+    ``home``: the backend that served the conversation's last turn, if known (it comes
+    first, before the hash order, while it has the model loaded and is within the bound).
+    """
     candidates = [b for b in backends if b not in excluded and b.routable(now) and b.has(model)]
     if not candidates:
         return Choice(None, "none")
     loaded = [b for b in candidates if b.is_loaded(model, wall)]
-    target: Backend | None = None
     if key is not None and loaded:
         order = rendezvous(key, loaded)
+        if home is not None and home in loaded:
+            order.remove(home)
+            order.insert(0, home)
         waits = queued or {}
         loads = {b.name: b.in_flight + waits.get(b.name, 0) for b in loaded}
-        capacity = math.ceil(BOUND * (sum(loads.values()) + 1) / len(loaded))
-        target = next((b for b in order if loads[b.name] < capacity), order[0])
+        bound = math.ceil(BOUND * (sum(loads.values()) + 1) / len(loaded))
+        # Overloaded: past the bound, and past what it runs at once with one waiting (with
+        # few requests the bound alone would move a conversation off a backend it just
+        # filled, for nothing).
+        target = next((b for b in order if loads[b.name] < max(bound, b.parallel + 1)), order[0])
         if target.room(model):
             return Choice(target, "affinity" if len(loaded) > 1 else "loaded")
-        if patient and follow_up:  # its prompt cache is there: worth a short wait
+        if follow_up and waited < target.hold_seconds:  # its prompt cache is there
             return Choice(None, "wait", target)
-        target = None
     free_loaded = [b for b in loaded if b.room(model)]
     if free_loaded:
         return Choice(_least_busy(free_loaded), "loaded")
     cold = [b for b in candidates if b not in loaded and b.room(model)]
-    if loaded and patient:
+    if loaded:
+        # Wait for a loaded slot while that is expected to be sooner than a cold load, and
+        # for no longer than a cold load would take.
+        load_cost = min((b.load_seconds for b in cold), default=math.inf)
         slots = sum(b.parallel for b in loaded)
         hold = sum(b.hold_seconds for b in loaded) / len(loaded)
         expected = hold * (waiting + 1) / slots
-        if not cold or expected <= min(b.load_seconds for b in cold):
-            return Choice(None, "wait", target)
+        if waited < load_cost and expected <= load_cost:
+            return Choice(None, "wait")
     if cold:
         if key is not None:
             return Choice(rendezvous(key, cold)[0], "cold")
         pick = _least_busy(cold)
         return Choice(pick, "cold" if pick.installed is not None else "unknown")
-    return Choice(None, "wait", target)
+    return Choice(None, "wait")
 
 
 __all__ = ["BOUND", "Choice", "choose", "rendezvous"]

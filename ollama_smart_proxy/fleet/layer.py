@@ -80,6 +80,8 @@ RULES: dict[str, Rule] = {
 
 #: How far into the queue a freed slot looks for a request it suits.
 LOOKAHEAD = 64
+#: Conversations whose last backend is remembered (the hash order stands in for the rest).
+HOMES = 65_536
 #: The most of a failed answer kept to pass on when no other backend can be tried.
 MAX_HELD_BODY = 64 * 1024
 #: Statuses that say a backend is unwell: the request goes elsewhere and it is ejected.
@@ -94,9 +96,9 @@ class _Waiter:
         "future",
         "key",
         "model",
-        "patience",
         "reason",
         "since",
+        "wakes",
     )
 
     def __init__(
@@ -106,14 +108,16 @@ class _Waiter:
         follow_up: bool,
         excluded: list[Backend],
         since: float,
-        patience: float,
+        wakes: list[float],
     ) -> None:
         self.model = model
         self.key = key
         self.follow_up = follow_up
         self.excluded = excluded
         self.since = since
-        self.patience = patience
+        #: When its choice may change though no slot freed (its patience for its
+        #: conversation's backend, then for a loaded one, is over).
+        self.wakes = wakes
         self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.backend: Backend | None = None
         self.reason = ""
@@ -181,6 +185,11 @@ class Fleet:
         self._waiting: collections.Counter[str] = collections.Counter()
         #: Requests queued for a conversation's backend, by its name (part of its load).
         self._targeted: collections.Counter[str] = collections.Counter()
+        #: The backend each recent conversation was last placed on (bounded, oldest out):
+        #: placement is by consistent hash, and this keeps a conversation where it is when
+        #: the set of backends with its model loaded changes. Another replica, or a restart,
+        #: falls back on the hash order alone.
+        self._homes: collections.OrderedDict[bytes, Backend] = collections.OrderedDict()
         self.failovers = 0
         self.refused = 0
 
@@ -263,6 +272,8 @@ class Fleet:
                 reason = "failover"
                 self.failovers += 1
             backend.routed[reason] += 1
+            if key is not None:
+                self._remember(key, backend)
             exchange.backend, exchange.backend_reason = backend.name, reason
             exchange.routing_ms = (time.perf_counter() - started) * 1000
             may_retry = len(excluded) < self.failover_attempts
@@ -375,6 +386,13 @@ class Fleet:
         await send({**failed.start, "headers": headers})
         await send({"type": "http.response.body", "body": failed.body})
 
+    def _remember(self, key: bytes, backend: Backend) -> None:
+        homes = self._homes
+        homes[key] = backend
+        homes.move_to_end(key)
+        if len(homes) > HOMES:
+            homes.popitem(last=False)
+
     def conversation(self, scope: Scope, exchange: Exchange) -> tuple[bytes | None, bool]:
         """What identifies a conversation, for affinity: a session header, else the system
         prompt and first message (every later turn repeats them); ``None`` for embeddings.
@@ -425,6 +443,7 @@ class Fleet:
             waiting=self._waiting[model],
             queued=self._targeted,
             excluded=excluded,
+            home=self._homes.get(key) if key is not None else None,
         )
         if choice.backend is not None:
             choice.backend.take(model, now)
@@ -438,11 +457,10 @@ class Fleet:
                 "requests wait, the most this proxy queues (OSP_MAX_QUEUE)",
                 retry_after=self._retry_after(),
             )
+        wakes = [now + min((b.load_seconds for b in self.backends), default=5.0)]
         if choice.target is not None:
-            patience = choice.target.hold_seconds
-        else:
-            patience = min(b.load_seconds for b in self.backends if b.has(model))
-        waiter = _Waiter(model, key, follow_up, excluded, now, now + patience)
+            wakes.insert(0, now + choice.target.hold_seconds)
+        waiter = _Waiter(model, key, follow_up, excluded, now, wakes)
         self._queue.append(waiter)
         self._waiting[model] += 1
         target = choice.target.name if choice.target is not None else None
@@ -469,7 +487,7 @@ class Fleet:
         deadline = waiter.since + self.queue_timeout
         while True:
             now = time.monotonic()
-            wake = min(deadline, waiter.patience) if now < waiter.patience else deadline
+            wake = min([deadline, *(t for t in waiter.wakes if t > now)])
             done, _ = await asyncio.wait(
                 {waiter.future, watcher},
                 timeout=max(0.0, wake - now),
@@ -493,8 +511,8 @@ class Fleet:
                     f"{self.queue_timeout:g}s (OSP_QUEUE_TIMEOUT)",
                     retry_after=self._retry_after(),
                 )
-            if now >= waiter.patience:  # patience is over: any free slot will do
-                self._dispatch()
+            # No slot freed, but its patience changed: it may take one that is free now.
+            self._place_waiter(waiter, now, time.time())
 
     def _dispatch(self) -> None:
         """Give the slots that are free to the requests waiting, first come first served,
@@ -503,33 +521,37 @@ class Fleet:
             return
         now, wall = time.monotonic(), time.time()
         for waiter in list(itertools.islice(self._queue, LOOKAHEAD)):
-            if waiter.future.done():
-                continue
-            choice = choose(
-                waiter.model,
-                self.backends,
-                waiter.key,
-                now,
-                wall,
-                patient=now < waiter.patience,
-                follow_up=waiter.follow_up,
-                waiting=self._waiting[waiter.model] - 1,
-                queued=self._targeted,
-                excluded=waiter.excluded,
-            )
-            if choice.backend is not None:
-                choice.backend.take(waiter.model, now)
-                waiter.backend, waiter.reason = choice.backend, choice.reason
-                waiter.future.set_result(None)
-                self._queue.remove(waiter)
-            elif choice.reason == "none":
-                waiter.future.set_exception(
-                    Overloaded(
-                        f"no backend that has '{waiter.model}' is up any more",
-                        retry_after=self._retry_after(),
-                    )
+            self._place_waiter(waiter, now, wall)
+
+    def _place_waiter(self, waiter: _Waiter, now: float, wall: float) -> None:
+        if waiter.future.done():
+            return
+        choice = choose(
+            waiter.model,
+            self.backends,
+            waiter.key,
+            now,
+            wall,
+            waited=now - waiter.since,
+            follow_up=waiter.follow_up,
+            waiting=self._waiting[waiter.model] - 1,
+            queued=self._targeted,
+            excluded=waiter.excluded,
+            home=self._homes.get(waiter.key) if waiter.key is not None else None,
+        )
+        if choice.backend is not None:
+            choice.backend.take(waiter.model, now)
+            waiter.backend, waiter.reason = choice.backend, choice.reason
+            waiter.future.set_result(None)
+            self._queue.remove(waiter)
+        elif choice.reason == "none":
+            waiter.future.set_exception(
+                Overloaded(
+                    f"no backend that has '{waiter.model}' is up any more",
+                    retry_after=self._retry_after(),
                 )
-                self._queue.remove(waiter)
+            )
+            self._queue.remove(waiter)
 
     def _retry_after(self) -> int:
         slots = sum(b.parallel for b in self.backends if b.state == "up") or 1

@@ -252,6 +252,8 @@ class FakeOllama:
         self._slots: dict[str, list[list[str] | None]] = {}
         self._slot_free: dict[str, anyio.Semaphore] = {}
         self.failure: tuple[int, str] | None = None
+        #: Set by :meth:`crash`: every stream is cut at its next chunk, every request at once.
+        self.crashed = False
 
     # -- scripting ----------------------------------------------------------------
 
@@ -259,6 +261,12 @@ class FakeOllama:
         """Queue replies for the next chat/generate requests, first in first out."""
         for item in replies:
             self._script.append(FakeReply(content=item) if isinstance(item, str) else item)
+
+    def crash(self) -> None:
+        """Fail as a server that died: streams in flight are cut at their next chunk and
+        every new request loses its connection (stop the server too, and connections are
+        refused)."""
+        self.crashed = True
 
     def fail_next(self, status: int, error: str) -> None:
         """Make the next chat/generate request fail before any byte."""
@@ -308,6 +316,8 @@ class FakeOllama:
             raw_path=scope.get("raw_path") or path.encode(),
         )
         self.requests.append(request)
+        if self.crashed:
+            raise _Dropped("FakeOllama has crashed")
         await self._route(request, receive, send)
 
     async def _route(self, request: RecordedRequest, receive: Receive, send: Send) -> None:
@@ -649,7 +659,7 @@ class FakeOllama:
             status, error = self.failure
             await _json(send, status, {"error": error})
             return
-        await self._load(model.name)
+        loaded_in = await self._load(model.name)
         if empty:
             await self._load_reply(kind, name, "load", send)
             return
@@ -657,9 +667,9 @@ class FakeOllama:
         try:
             if self.parallel is None:
                 await self._prefill(_prompt_tokens(kind, data), None)
-                await self._generate_reply(kind, name, model, data, receive, send)
+                await self._generate_reply(kind, name, model, data, receive, send, loaded_in)
             else:
-                await self._in_slot(kind, name, model, data, receive, send)
+                await self._in_slot(kind, name, model, data, receive, send, loaded_in)
         finally:
             self._in_use[model.name] -= 1
             if self._released is not None:
@@ -674,6 +684,7 @@ class FakeOllama:
         data: dict[str, Any],
         receive: Receive,
         send: Send,
+        loaded_in: float,
     ) -> None:
         """Answer in one of the model's ``parallel`` slots: the free one whose cache shares
         the longest beginning with this prompt."""
@@ -692,7 +703,7 @@ class FakeOllama:
             cache, slots[index] = slots[index], None  # taken
             try:
                 await self._prefill(tokens, cache)
-                await self._generate_reply(kind, name, model, data, receive, send)
+                await self._generate_reply(kind, name, model, data, receive, send, loaded_in)
             finally:
                 slots[index] = tokens
 
@@ -702,8 +713,10 @@ class FakeOllama:
         if self.prefill_delay:
             await anyio.sleep(self.prefill_delay * (len(tokens) - cached))
 
-    async def _load(self, name: str) -> None:
-        """Load ``name`` if it is not loaded, as Ollama's scheduler would (see the class)."""
+    async def _load(self, name: str) -> float:
+        """Load ``name`` if it is not loaded, as Ollama's scheduler would (see the class);
+        the seconds its load took (0: it was loaded)."""
+        took = 0.0
         if self.load_delay or self.max_loaded is not None:
             # One scheduler, first come first served: a request waiting for its model to
             # load holds up the requests behind it, even those for a loaded model.
@@ -723,9 +736,11 @@ class FakeOllama:
                 if name not in self.loaded:
                     await anyio.sleep(self.load_delay)
                     self.loads[name] += 1
+                    took = self.load_delay
         elif name not in self.loaded:
             self.loads[name] += 1
         self.loaded[name] = time.time() + 300  # also the least recently used order
+        return took
 
     async def _generate_reply(
         self,
@@ -735,6 +750,7 @@ class FakeOllama:
         data: dict[str, Any],
         receive: Receive,
         send: Send,
+        loaded_in: float = 0.0,
     ) -> None:
         reply = self._next_reply(data, kind, model)
         if reply.first_delay:
@@ -743,6 +759,8 @@ class FakeOllama:
             await _json(send, reply.status, {"error": reply.error or "error"})
             return
         chunks = self._chunks(kind, name, data, reply)
+        if loaded_in:  # Ollama reports the time the load took
+            chunks[-1]["load_duration"] = int(loaded_in * 1e9)
         if data.get("stream") is False:
             if reply.error:
                 await _json(send, 500, {"error": reply.error})
@@ -881,6 +899,8 @@ class FakeOllama:
                         break
                     if reply.drop_after is not None and index == reply.drop_after:
                         raise _Dropped("FakeOllama cut the connection (drop_after)")
+                    if self.crashed:
+                        raise _Dropped("FakeOllama has crashed")
                     await send(
                         {
                             "type": "http.response.body",

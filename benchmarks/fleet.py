@@ -80,7 +80,7 @@ class Workload:
         ]
 
 
-FULL = Workload(conversations=48, turns=5, spread=10.0, pause=(0.3, 1.0))
+FULL = Workload(conversations=32, turns=6, spread=12.0, pause=(0.5, 1.5))
 QUICK = Workload(conversations=16, turns=3, spread=3.0, pause=(0.1, 0.3))
 
 
@@ -411,7 +411,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a smaller workload (CI)")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     parser.add_argument("--plot", type=Path, help="draw the comparison as a PNG here")
+    parser.add_argument(
+        "--cost", action="store_true", help="only what the fleet costs a request (CPU, in-process)"
+    )
     args = parser.parse_args()
+    if args.cost:
+        figures = asyncio.run(cost(300 if args.quick else 3000))
+        print(json.dumps(figures, indent=2))
+        print(
+            f"fleet of 8 against fleet of 1: {figures['fleet_8_ms'] / figures['fleet_1_ms']:.3f}x"
+        )
+        return
     rows = asyncio.run(main_async(args))
     print(table(rows))
     if args.out:
@@ -421,6 +431,67 @@ def main() -> None:
         )
     if args.plot:
         plot(rows, args.plot)
+
+
+# -- what the fleet costs per request ------------------------------------------------------
+
+
+async def _cpu_per_request(client: httpx.AsyncClient, requests: int) -> float:
+    body = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}], "stream": False}
+    for _ in range(50):  # warm up
+        await client.post("/api/chat", json=body)
+    started = time.process_time()
+    for index in range(requests):
+        body["messages"][0]["content"] = f"conversation {index}"  # a new key each time
+        response = await client.post("/api/chat", json=body)
+        assert response.status_code == 200, response.text
+    return (time.process_time() - started) / requests
+
+
+async def cost(requests: int) -> dict[str, float]:
+    """CPU per non-streaming chat, in one process (no sockets): a FakeOllama alone, the proxy
+    with one upstream, and the proxy over fleets of 1 and 8 backends (the fakes' own cost
+    taken out); and one routing decision over 8 backends."""
+    from ollama_smart_proxy.fleet import Backend, choose
+    from ollama_smart_proxy.testing import HostsASGITransport, StreamingASGITransport
+
+    def client_of(app: Any) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://p")
+
+    fake = FakeOllama()
+    async with httpx.AsyncClient(
+        transport=StreamingASGITransport(fake), base_url="http://fake"
+    ) as direct:
+        alone = await _cpu_per_request(direct, requests)
+    results = {"fake_alone_ms": alone * 1000}
+    one = SmartProxy(Settings(log_level="warning"), transport=StreamingASGITransport(FakeOllama()))
+    async with one, client_of(one) as client:
+        results["upstream_ms"] = (await _cpu_per_request(client, requests) - alone) * 1000
+    for count in (1, 8):
+        fakes = {f"gpu-{i}": FakeOllama() for i in range(count)}
+        backends = [{"name": n, "url": f"http://{n}:11434", "parallel": 4} for n in fakes]
+        proxy = SmartProxy(
+            Settings(backends=backends, poll_interval=60, log_level="warning"),
+            transport=HostsASGITransport(fakes),
+        )
+        async with proxy, client_of(proxy) as client:
+            spent = await _cpu_per_request(client, requests)
+        results[f"fleet_{count}_ms"] = (spent - alone) * 1000
+
+    async def _app(scope: Any, receive: Any, send: Any) -> None:  # pragma: no cover
+        raise AssertionError
+
+    fleet = [Backend(name=f"gpu-{i}", app=_app, parallel=2) for i in range(8)]
+    for index, backend in enumerate(fleet):
+        backend.installed = {"llama3.2:latest": {}}
+        if index % 2:
+            backend.loaded["llama3.2:latest"] = time.time() + 300
+    now, wall, rounds = time.monotonic(), time.time(), 20_000
+    started = time.perf_counter()
+    for index in range(rounds):
+        choose("llama3.2:latest", fleet, index.to_bytes(8, "big"), now, wall)
+    results["choose_8_us"] = (time.perf_counter() - started) / rounds * 1e6
+    return {key: round(value, 4) for key, value in results.items()}
 
 
 if __name__ == "__main__":

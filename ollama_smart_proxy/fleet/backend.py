@@ -76,6 +76,9 @@ class Backend:
         until = self.loaded.get(model)
         return until is not None and until > now
 
+    def loaded_now(self, wall: float) -> list[str]:
+        return [model for model, until in self.loaded.items() if until > wall]
+
     def room(self, model: str) -> bool:
         """Whether one more generation for ``model`` runs at once here (not queued by Ollama)."""
         if self.max_concurrent is not None and self.in_flight >= self.max_concurrent:
@@ -108,15 +111,18 @@ class Backend:
         if self.running[model] <= 0:
             del self.running[model]
 
-    def served(self, model: str, load_seconds: float, now: float) -> None:
-        """A generation for ``model`` succeeded: the model is loaded, the breaker closes."""
-        if load_seconds > 0.5:  # Ollama loaded it for this request: a cold load
+    def served(self, model: str, load_seconds: float, now: float) -> bool:
+        """A generation for ``model`` succeeded: the model is loaded, the breaker closes.
+        Returns whether Ollama had to load it (it may have unloaded another for it)."""
+        cold = load_seconds > 0.5
+        if cold:
             self.cold_loads += 1
             self.load_seconds = 0.7 * self.load_seconds + 0.3 * load_seconds
         self.loaded[model] = now + DEFAULT_KEEP_ALIVE
         if self.installed is not None and model not in self.installed:
             self.installed[model] = {"name": model, "model": model}
         self.succeeded()
+        return cold
 
     def succeeded(self) -> None:
         self.failures = 0
@@ -180,7 +186,7 @@ class Backend:
             "max_concurrent": self.max_concurrent,
             "weight": self.weight,
             "installed": sorted(map(short, self.installed)) if self.installed is not None else None,
-            "loaded": sorted(short(m) for m in self.loaded if self.is_loaded(m, time.time())),
+            "loaded": sorted(map(short, self.loaded_now(time.time()))),
             "routed": dict(self.routed),
             "errors": self.errors,
             "ejections": self.ejections,

@@ -10,7 +10,8 @@ every state and reused by the queue each time a slot frees:
    ``follow_up`` turn (one with history to reuse) waits for it, when it is busy, about as
    long as one generation holds a slot there.
 3. Otherwise: loaded with a free slot (least busy), then, when a loaded slot is expected
-   to free sooner than a cold load takes, wait for one; then installed (a cold load).
+   to free sooner than a cold load takes, wait for one; then installed (a cold load), where
+   it unloads least (the fewest models loaded).
 4. A request that has waited as long as a cold load takes (``waited``) takes any free slot.
 
 A backend is returned only when it has room now; ``None`` with reason ``"wait"`` means queue,
@@ -28,8 +29,7 @@ from .backend import Backend
 
 #: Bounded loads: a conversation's backend keeps it while its load is at most this many
 #: times the average (Mirrokni, Thorup and Zadimoghaddam's consistent hashing with bounded
-#: loads, as HAProxy and Vimeo use it), or while it runs all it has at once with at most one
-#: waiting.
+#: loads, as HAProxy and Vimeo use it), or while fewer than twice its slots are taken.
 BOUND = 1.25
 
 
@@ -91,10 +91,10 @@ def choose(
         waits = queued or {}
         loads = {b.name: b.in_flight + waits.get(b.name, 0) for b in loaded}
         bound = math.ceil(BOUND * (sum(loads.values()) + 1) / len(loaded))
-        # Overloaded: past the bound, and past what it runs at once with one waiting (with
-        # few requests the bound alone would move a conversation off a backend it just
-        # filled, for nothing).
-        target = next((b for b in order if loads[b.name] < max(bound, b.parallel + 1)), order[0])
+        # Overloaded: past the bound, and past twice what it runs at once (with few
+        # requests the bound alone would move a conversation off a backend it just filled,
+        # losing its prompt cache to save less than one generation's wait).
+        target = next((b for b in order if loads[b.name] < max(bound, 2 * b.parallel)), order[0])
         if target.room(model):
             return Choice(target, "affinity" if len(loaded) > 1 else "loaded")
         if follow_up and waited < target.hold_seconds:  # its prompt cache is there
@@ -113,9 +113,19 @@ def choose(
         if waited < load_cost and expected <= load_cost:
             return Choice(None, "wait")
     if cold:
-        if key is not None:
-            return Choice(rendezvous(key, cold)[0], "cold")
-        pick = _least_busy(cold)
+        # A cold load where it unloads least: the fewest models loaded (none of them
+        # running, if it can be), then the least busy; a conversation's own order breaks ties.
+        rank = {b.name: i for i, b in enumerate(rendezvous(key, cold))} if key is not None else {}
+        pick = min(
+            cold,
+            key=lambda b: (
+                len(b.loaded_now(wall)),
+                bool(b.running),
+                b.busy(),
+                rank.get(b.name, 0),
+                b.name,
+            ),
+        )
         return Choice(pick, "cold" if pick.installed is not None else "unknown")
     return Choice(None, "wait")
 

@@ -69,6 +69,7 @@ class Inventory:
         self.poll_timeout = poll_timeout
         self.on_change = on_change
         self._task: asyncio.Task[None] | None = None
+        self._soon: dict[str, asyncio.Task[None]] = {}
         self.rounds = 0
 
     def start(self) -> None:
@@ -76,7 +77,22 @@ class Inventory:
         if self._task is None or self._task.done():
             self._task = asyncio.ensure_future(self._run())
 
+    def soon(self, backend: Backend) -> None:
+        """Poll ``backend`` now, out of turn (once at a time): it loaded a model, and may
+        have unloaded another for it."""
+        running = self._soon.get(backend.name)
+        if running is None or running.done():
+            self._soon[backend.name] = asyncio.ensure_future(self._out_of_turn(backend))
+
+    async def _out_of_turn(self, backend: Backend) -> None:
+        await self.poll(backend)
+        if self.on_change is not None:
+            self.on_change()
+
     async def aclose(self) -> None:
+        for task in self._soon.values():
+            task.cancel()
+        await asyncio.gather(*self._soon.values(), return_exceptions=True)
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)

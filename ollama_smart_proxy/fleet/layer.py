@@ -368,7 +368,8 @@ class Fleet:
             await self._pass_on(retry, send, backend)
             return
         if exchange is not None and model:
-            backend.served(model, exchange.load_seconds, time.time())
+            if backend.served(model, exchange.load_seconds, time.time()):
+                self.inventory.soon(backend)  # what did it unload for it?
         else:
             backend.succeeded()
 

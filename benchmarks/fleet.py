@@ -416,11 +416,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.cost:
-        figures = asyncio.run(cost(300 if args.quick else 3000))
+        figures = asyncio.run(cost(200 if args.quick else 1000, 2 if args.quick else 5))
         print(json.dumps(figures, indent=2))
-        print(
-            f"fleet of 8 against fleet of 1: {figures['fleet_8_ms'] / figures['fleet_1_ms']:.3f}x"
-        )
         return
     rows = asyncio.run(main_async(args))
     print(table(rows))
@@ -448,35 +445,49 @@ async def _cpu_per_request(client: httpx.AsyncClient, requests: int) -> float:
     return (time.process_time() - started) / requests
 
 
-async def cost(requests: int) -> dict[str, float]:
+async def cost(requests: int, rounds: int = 5) -> dict[str, float]:
     """CPU per non-streaming chat, in one process (no sockets): a FakeOllama alone, the proxy
-    with one upstream, and the proxy over fleets of 1 and 8 backends (the fakes' own cost
-    taken out); and one routing decision over 8 backends."""
+    with one upstream, and the proxy over fleets of 1 and 8 backends, the fakes' own cost
+    taken out; each a median of ``rounds`` interleaved rounds (the ratio too: the median of
+    each round's). And one routing decision over 8 backends."""
     from ollama_smart_proxy.fleet import Backend, choose
     from ollama_smart_proxy.testing import HostsASGITransport, StreamingASGITransport
 
     def client_of(app: Any) -> httpx.AsyncClient:
         return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://p")
 
-    fake = FakeOllama()
-    async with httpx.AsyncClient(
-        transport=StreamingASGITransport(fake), base_url="http://fake"
-    ) as direct:
-        alone = await _cpu_per_request(direct, requests)
-    results = {"fake_alone_ms": alone * 1000}
-    one = SmartProxy(Settings(log_level="warning"), transport=StreamingASGITransport(FakeOllama()))
-    async with one, client_of(one) as client:
-        results["upstream_ms"] = (await _cpu_per_request(client, requests) - alone) * 1000
-    for count in (1, 8):
+    def fleet_of(count: int) -> SmartProxy:
         fakes = {f"gpu-{i}": FakeOllama() for i in range(count)}
         backends = [{"name": n, "url": f"http://{n}:11434", "parallel": 4} for n in fakes]
-        proxy = SmartProxy(
+        return SmartProxy(
             Settings(backends=backends, poll_interval=60, log_level="warning"),
             transport=HostsASGITransport(fakes),
         )
-        async with proxy, client_of(proxy) as client:
-            spent = await _cpu_per_request(client, requests)
-        results[f"fleet_{count}_ms"] = (spent - alone) * 1000
+
+    direct = httpx.AsyncClient(transport=StreamingASGITransport(FakeOllama()), base_url="http://f")
+    proxies = {
+        "upstream": SmartProxy(
+            Settings(log_level="warning"), transport=StreamingASGITransport(FakeOllama())
+        ),
+        "fleet_1": fleet_of(1),
+        "fleet_8": fleet_of(8),
+    }
+    spent: dict[str, list[float]] = {name: [] for name in ["fake_alone", *proxies]}
+    ratios = []
+    async with contextlib.AsyncExitStack() as stack:
+        clients = {}
+        for name, proxy in proxies.items():
+            await stack.enter_async_context(proxy)
+            clients[name] = await stack.enter_async_context(client_of(proxy))
+        await stack.enter_async_context(direct)
+        for _ in range(rounds):
+            alone = await _cpu_per_request(direct, requests)
+            spent["fake_alone"].append(alone * 1000)
+            for name, client in clients.items():
+                spent[name].append((await _cpu_per_request(client, requests) - alone) * 1000)
+            ratios.append(spent["fleet_8"][-1] / spent["fleet_1"][-1])
+    results = {f"{name}_ms": statistics.median(values) for name, values in spent.items()}
+    results["fleet_8_over_fleet_1"] = statistics.median(ratios)
 
     async def _app(scope: Any, receive: Any, send: Any) -> None:  # pragma: no cover
         raise AssertionError

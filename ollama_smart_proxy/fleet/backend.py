@@ -10,6 +10,7 @@ back-off has passed, one request (or a poll) probes it, and a success closes the
 from __future__ import annotations
 
 import collections
+import hashlib
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -65,6 +66,12 @@ class Backend:
     failures: int = 0
     ejected_until: float = 0.0
     probing: bool = False
+
+    def __post_init__(self) -> None:
+        #: A hash of the name, mixed with a conversation's key for its order of backends
+        #: (the same in every replica).
+        digest = hashlib.blake2b(self.name.encode(), digest_size=8).digest()
+        self.seed = int.from_bytes(digest)
 
     # -- what routing asks -----------------------------------------------------------------
 

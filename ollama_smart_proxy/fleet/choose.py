@@ -20,7 +20,6 @@ A backend is returned only when it has room now; ``None`` with reason ``"wait"``
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,16 +40,32 @@ class Choice:
     target: Backend | None = None
 
 
-def _score(key: bytes, backend: Backend) -> float:
-    """Weighted rendezvous hashing: the backend with the highest score wins the key."""
-    digest = hashlib.blake2b(key + backend.name.encode(), digest_size=8).digest()
-    unit = (int.from_bytes(digest, "big") + 1) / (2**64 + 1)  # in (0, 1)
-    return -backend.weight / math.log(unit)
+_MASK = 2**64 - 1
+_UNIT = 1 / (2**64 + 1)
 
 
 def rendezvous(key: bytes, backends: Sequence[Backend]) -> list[Backend]:
-    """``backends`` in ``key``'s order of preference (stable when others come and go)."""
-    return sorted(backends, key=lambda backend: _score(key, backend), reverse=True)
+    """``backends`` in ``key``'s order of preference (stable when others come and go):
+    weighted rendezvous hashing. Each backend scores ``-weight / ln(u)``, ``u`` uniform in
+    (0, 1) from the key mixed with the backend's seed (a hash of its name) by splitmix64's
+    finaliser; the highest score wins. ``key`` is itself a hash (its first 8 bytes are used).
+    """
+    if len(backends) < 2:
+        return list(backends)
+    k = int.from_bytes(key[:8].ljust(8, b"\0"))
+    log, unit = math.log, _UNIT
+    scored = []
+    for b in backends:
+        x = (k ^ b.seed) * 0xBF58476D1CE4E5B9 & _MASK
+        x = (x ^ (x >> 31)) * 0x94D049BB133111EB & _MASK
+        x ^= x >> 29
+        scored.append((-b.weight / log((x + 1) * unit), b))
+    scored.sort(key=_first, reverse=True)
+    return [b for _, b in scored]
+
+
+def _first(item: tuple[float, Backend]) -> float:
+    return item[0]
 
 
 def _least_busy(backends: Sequence[Backend]) -> Backend:

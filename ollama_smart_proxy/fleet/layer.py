@@ -401,7 +401,7 @@ class Fleet:
         for name in self.session_headers:
             value = header(scope, name)
             if value:
-                return b"h:" + value[:256], True
+                return hashlib.blake2b(b"h:" + value[:256], digest_size=16).digest(), True
         request = exchange.request
         parts: list[str] = []
         follow_up = False
@@ -645,7 +645,7 @@ class Fleet:
         having = [b for b in up if b.installed is not None and name in b.installed]
         # Where routing would place it: a backend that has it already (a pull to update it),
         # else the first in the model's consistent-hash order, the same on every replica.
-        target = having[0] if having else rendezvous(name.encode(), up)[0]
+        target = having[0] if having else rendezvous(_digest(name), up)[0]
         others = [b for b in up if b is not target] if self.pull_to == "all" else []
         extra = [asyncio.ensure_future(self._pull_quietly(b, scope, raw)) for b in others]
         try:
@@ -711,14 +711,19 @@ class Fleet:
         if kind == "push":
             up = self._up()
             having = [b for b in up if b.has(name)] or up
-            candidates = rendezvous(name.encode(), having)
+            candidates = rendezvous(_digest(name), having)
         else:
             candidates = self._hashed(digests[0] if digests else name)
         await self._one(candidates[:1], scope, replay_receive(raw, receive), send, retry=False)
         await self.inventory.poll(candidates[0])
 
     def _hashed(self, name: str) -> list[Backend]:
-        return rendezvous(name.encode(), self._up())
+        return rendezvous(_digest(name), self._up())
+
+
+def _digest(name: str) -> bytes:
+    """The key a name is placed by (a model, a blob's digest)."""
+    return hashlib.blake2b(name.encode(), digest_size=16).digest()
 
 
 def _rank(answer: _Retry) -> int:

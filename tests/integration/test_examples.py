@@ -179,3 +179,38 @@ async def test_lan_config_example() -> None:
             "/api/pull", json={"model": "llama3.2"}, headers={"host": "localhost"}
         )
         assert pull.status_code == 403
+
+
+@pytest.mark.anyio
+async def test_fleet_config_example() -> None:
+    """The fleet config loads; over a fake per backend, a chat is placed, a conversation
+    stays on its server, and a server that refuses is failed over."""
+    from ollama_smart_proxy.testing import HostsASGITransport
+
+    settings = Settings(config=EXAMPLES / "fleet.toml")
+    assert [b.name for b in settings.backends] == ["gpu-a", "gpu-b", "small"]
+    assert settings.backends[1].weight == 2 and settings.backends[2].max_concurrent == 2
+    fakes = {host: FakeOllama() for host in ("gpu-a.internal", "gpu-b.internal", "small.internal")}
+    transport = HostsASGITransport(fakes)
+    proxy = SmartProxy(settings, transport=transport)
+    async with LifespanManager(proxy) as manager:
+        asgi = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=asgi, base_url="http://proxy") as client:
+            messages = [{"role": "user", "content": "hello"}]
+            homes = set()
+            for turn in range(3):
+                body = {**CHAT, "model": "gpt-4o-mini", "messages": messages}
+                response = await client.post("/api/chat", json=body)
+                assert response.status_code == 200, response.text
+                homes.add(response.headers["x-osp-backend"])
+                messages = [
+                    *messages,
+                    {"role": "assistant", "content": "hi"},
+                    {"role": "user", "content": f"turn {turn}"},
+                ]
+            assert len(homes) == 1
+            transport.down(f"{homes.pop()}.internal")
+            response = await client.post("/api/chat", json={**CHAT, "messages": messages})
+            assert response.status_code == 200
+            health = (await client.get("/health")).json()
+            assert {b["name"] for b in health["fleet"]["backends"]} == {"gpu-a", "gpu-b", "small"}

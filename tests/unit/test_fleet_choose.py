@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Any
 
@@ -133,5 +134,6 @@ def test_affinity_never_puts_a_conversation_past_the_load_bound(
 def test_the_share_of_conversations_follows_the_weights() -> None:
     heavy = Backend(name="heavy", app=_app, weight=3.0)
     light = Backend(name="light", app=_app, weight=1.0)
-    wins = sum(rendezvous(str(i).encode(), [heavy, light])[0] is heavy for i in range(4000))
+    keys = [hashlib.blake2b(str(i).encode(), digest_size=16).digest() for i in range(4000)]
+    wins = sum(rendezvous(key, [heavy, light])[0] is heavy for key in keys)
     assert 0.70 < wins / 4000 < 0.80  # 3 of 4

@@ -283,7 +283,11 @@ def servers(fakes: list[FakeOllama]) -> Iterator[tuple[list[str], list[contextli
     urls = []
     for fake in fakes:
         stack = contextlib.ExitStack()
-        urls.append(stack.enter_context(serve_in_thread(fake, timeout_graceful_shutdown=1)))
+        urls.append(
+            stack.enter_context(
+                serve_in_thread(fake, timeout_graceful_shutdown=1, log_level="critical")
+            )
+        )
         stacks.append(stack)
     try:
         yield urls, stacks
@@ -317,7 +321,7 @@ async def run(router: str, workload: Workload, faults: bool) -> Result:
             app: Any = SmartProxy(settings)
         else:
             app = Baseline(urls, router)
-        with serve_in_thread(app) as proxy_url:
+        with serve_in_thread(app, log_level="critical") as proxy_url:
             async with httpx.AsyncClient(base_url=proxy_url, timeout=300) as client:
                 began = time.perf_counter()
                 tasks = [
@@ -349,8 +353,8 @@ COLUMNS = (
     ("throughput_turns_s", "turns/s"),
     ("follow_ups_home", "follow-ups on their server"),
     ("cache_hits", "prompt cache hits"),
-    ("lost_before_first_byte", "lost before 1st byte"),
-    ("cut_after_first_byte", "cut after"),
+    ("lost_before_first_byte", "lost, no token"),
+    ("cut_after_first_byte", "cut mid-answer"),
     ("sent_to_failing", "to the 503 server"),
 )
 

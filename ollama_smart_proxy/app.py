@@ -123,33 +123,7 @@ class SmartProxy:
         token = settings.upstream_api_key
         self.upstream = self._upstream(settings.upstream, token, transport)
         #: The fleet, when ``backends`` are configured (else ``None``: one upstream).
-        self.fleet = (
-            Fleet(
-                [
-                    Backend(
-                        name=spec.name,
-                        url=spec.url,
-                        app=self._upstream(spec.url, spec.api_key, transport),
-                        parallel=spec.parallel,
-                        max_concurrent=spec.max_concurrent,
-                        weight=spec.weight,
-                        labels=dict(spec.labels),
-                    )
-                    for spec in settings.backends
-                ],
-                max_queue=settings.max_queue,
-                queue_timeout=settings.queue_timeout,
-                poll_interval=settings.poll_interval,
-                poll_timeout=settings.health_timeout,
-                failover_attempts=settings.failover_attempts,
-                eject_seconds=settings.eject_seconds,
-                pull_to=settings.pull_to,
-                session_headers=settings.session_headers,
-                max_body_bytes=settings.max_body_bytes,
-            )
-            if settings.backends
-            else None
-        )
+        self.fleet = self._fleet(transport) if settings.backends else None
         #: The layer that reaches Ollama: the fleet, or the one upstream.
         self.terminal: ASGIApp = self.fleet or self.upstream
         self.keys = keys_from_settings(settings.api_keys, settings.admin_keys, settings.keys_file)
@@ -191,6 +165,34 @@ class SmartProxy:
             pull_grace=settings.pull_grace,
         )
         self._app = self._build()
+
+    def _fleet(self, transport: httpx.AsyncBaseTransport) -> Fleet:
+        """The fleet of ``backends``: one upstream each, over the one pool."""
+        s = self.settings
+        backends = [
+            Backend(
+                name=spec.name,
+                url=spec.url,
+                app=self._upstream(spec.url, spec.api_key, transport),
+                parallel=spec.parallel,
+                max_concurrent=spec.max_concurrent,
+                weight=spec.weight,
+                labels=dict(spec.labels),
+            )
+            for spec in s.backends
+        ]
+        return Fleet(
+            backends,
+            max_queue=s.max_queue,
+            queue_timeout=s.queue_timeout,
+            poll_interval=s.poll_interval,
+            poll_timeout=s.health_timeout,
+            failover_attempts=s.failover_attempts,
+            eject_seconds=s.eject_seconds,
+            pull_to=s.pull_to,
+            session_headers=s.session_headers,
+            max_body_bytes=s.max_body_bytes,
+        )
 
     def _upstream(
         self, url: str, token: str | None, transport: httpx.AsyncBaseTransport

@@ -317,8 +317,12 @@ class Fleet:
         body = bytearray()
         name = backend.name.encode()
 
+        #: A good answer's start, kept until its first body bytes: a stream that breaks off
+        #: before them has sent the client nothing, and may go elsewhere.
+        pending: Message | None = None
+
         async def guarded(message: Message) -> None:
-            nonlocal forwarded, held
+            nonlocal forwarded, held, pending
             if forwarded:
                 await send(message)
             elif message["type"] == "http.response.start":
@@ -326,11 +330,15 @@ class Fleet:
                 if status in UNWELL or (status == 404 and model is not None):
                     held = message  # kept back: this backend's failure may not be the answer
                     return
-                forwarded = True
                 headers = [*message.get("headers", []), (BACKEND_HEADER, name)]
-                await send({**message, "headers": headers})
+                pending = {**message, "headers": headers}
             elif held is not None and message["type"] == "http.response.body":
                 body.extend(message.get("body", b"")[: MAX_HELD_BODY - len(body)])
+            elif pending is not None and message["type"] == "http.response.body":
+                if message.get("body") or not message.get("more_body", False):
+                    forwarded = True
+                    await send(pending)
+                    await send(message)
             else:
                 await send(message)
 
@@ -353,6 +361,8 @@ class Fleet:
             if forwarded:
                 exc.headers.append((BACKEND_HEADER, name))
             raise
+        if pending is not None and not forwarded:  # pragma: no cover - an app that ended
+            await send(pending)  # without a body message (ASGI requires one)
         if held is not None:
             status = held["status"]
             if status == 404:

@@ -16,7 +16,7 @@ import re
 import string
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
@@ -665,11 +665,16 @@ class FakeOllama:
             return
         self._in_use[model.name] += 1
         try:
+            tokens = _prompt_tokens(kind, data)
+
+            def reply() -> Awaitable[None]:
+                return self._generate_reply(kind, name, model, data, receive, send, loaded_in)
+
             if self.parallel is None:
-                await self._prefill(_prompt_tokens(kind, data), None)
-                await self._generate_reply(kind, name, model, data, receive, send, loaded_in)
+                await self._prefill(tokens, None)
+                await reply()
             else:
-                await self._in_slot(kind, name, model, data, receive, send, loaded_in)
+                await self._in_slot(model.name, tokens, reply)
         finally:
             self._in_use[model.name] -= 1
             if self._released is not None:
@@ -677,24 +682,16 @@ class FakeOllama:
                 self._released = None
 
     async def _in_slot(
-        self,
-        kind: str,
-        name: str,
-        model: FakeModel,
-        data: dict[str, Any],
-        receive: Receive,
-        send: Send,
-        loaded_in: float,
+        self, model: str, tokens: list[str], reply: Callable[[], Awaitable[None]]
     ) -> None:
-        """Answer in one of the model's ``parallel`` slots: the free one whose cache shares
-        the longest beginning with this prompt."""
+        """Run ``reply`` in one of the model's ``parallel`` slots: the free one whose cache
+        shares the longest beginning with this prompt's ``tokens``."""
         assert self.parallel is not None
-        free = self._slot_free.get(model.name)
+        free = self._slot_free.get(model)
         if free is None:
-            free = self._slot_free[model.name] = anyio.Semaphore(self.parallel)
-            self._slots[model.name] = [[] for _ in range(self.parallel)]
-        slots = self._slots[model.name]
-        tokens = _prompt_tokens(kind, data)
+            free = self._slot_free[model] = anyio.Semaphore(self.parallel)
+            self._slots[model] = [[] for _ in range(self.parallel)]
+        slots = self._slots[model]
         async with free:
             index = max(
                 (i for i, cache in enumerate(slots) if cache is not None),
@@ -703,7 +700,7 @@ class FakeOllama:
             cache, slots[index] = slots[index], None  # taken
             try:
                 await self._prefill(tokens, cache)
-                await self._generate_reply(kind, name, model, data, receive, send, loaded_in)
+                await reply()
             finally:
                 slots[index] = tokens
 

@@ -497,3 +497,64 @@ def test_backends_come_from_json_in_the_environment(monkeypatch: pytest.MonkeyPa
 def test_bad_backends_are_refused_with_the_reason(backends: Any, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Settings(backends=backends)
+
+
+async def test_a_client_that_leaves_while_queued_never_reaches_a_backend() -> None:
+    a = FakeOllama()
+    load(a, LLAMA)
+    async with fleet({"a": a}) as (proxy, client, _t):
+        a.script(FakeReply(content="slow", first_delay=0.5), FakeReply(content="next"))
+        async with anyio.create_task_group() as group:
+            group.start_soon(post, client, chat())
+            await until(lambda: a.active == 1)
+            with anyio.move_on_after(0.1):  # the client gives up while it waits
+                await client.post("/api/chat", json=chat("leaving"))
+            assert the_fleet(proxy).describe()["queued"] == 0
+        await anyio.sleep(0.1)
+        assert [r.json["messages"][0]["content"] for r in a.calls("/api/chat")] == ["hi"]
+
+
+async def test_the_fleet_layer_alone_over_two_fakes() -> None:
+    """``Fleet`` is a plain ASGI layer: over any apps (here two fakes, no upstream), below
+    the entry that makes the exchange."""
+    from ollama_smart_proxy import standalone
+    from ollama_smart_proxy.fleet import Backend
+
+    a, b = FakeOllama(models=[FakeModel(QWEN)]), FakeOllama()
+    layer = Fleet([Backend(name="a", app=a), Backend(name="b", app=b)], poll_interval=60)
+    app = standalone(layer)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://fleet"
+    ) as client:
+        await layer.start()
+        response = await client.post("/api/chat", json=chat())
+        assert response.status_code == 200 and served_by(response) == "b"
+        await layer.aclose()
+
+
+async def test_a_conversation_keeps_its_home_when_its_model_loads_elsewhere() -> None:
+    fakes = {name: FakeOllama() for name in ("a", "b", "c", "d")}
+    load(fakes["a"], LLAMA)
+    async with fleet(fakes) as (proxy, client, _t):
+        homes = {}
+        for index in range(8):
+            body = chat() | {"messages": conversation(f"conversation {index}", 0)}
+            homes[index] = served_by(await client.post("/api/chat", json=body))
+        assert set(homes.values()) == {"a"}
+        for fake in fakes.values():  # now loaded everywhere: the hash order alone would move some
+            load(fake, LLAMA)
+        await the_fleet(proxy).inventory.poll_all()
+        for index in range(8):
+            body = chat() | {"messages": conversation(f"conversation {index}", 1)}
+            assert served_by(await client.post("/api/chat", json=body)) == "a"
+
+
+async def test_a_stream_that_breaks_before_its_first_byte_is_failed_over() -> None:
+    a, b = FakeOllama(), FakeOllama()
+    load(a, LLAMA)
+    async with fleet({"a": a, "b": b}) as (_, client, _t):
+        a.script(FakeReply(content="never sent", drop_after=0))  # headers, then the cut
+        response = await client.post("/api/chat", json=chat() | {"stream": True})
+        assert response.status_code == 200
+        assert served_by(response) == "b"
+        assert '"done":true' in response.text and "error" not in response.text

@@ -18,8 +18,9 @@ import collections
 import contextlib
 import itertools
 import math
+import secrets
 import time
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import ClientDisconnected, Overloaded
 from .exchange import SCOPE_KEY, Exchange
@@ -28,8 +29,13 @@ from .names import canonical
 from .routing import route_of
 from .types import ASGIApp, Message, Receive, Scope, Send
 
+if TYPE_CHECKING:
+    from .shared import RedisState
+
 #: How far into the queue a freed place looks for a request for a loaded model.
 LOOKAHEAD = 64
+#: Seconds between two tries for a shared place when no replica says one freed.
+SHARED_POLL = 0.2
 
 
 class _Waiter:
@@ -56,7 +62,15 @@ class AdmissionObserver(Protocol):
 
 class Admission:
     """``Admission(app, *, max_concurrent, max_queue=256, queue_timeout=30.0, affinity=0.0,
-    observer=None)``."""
+    observer=None, shared=None)``.
+
+    With ``shared`` (a :class:`~ollama_smart_proxy.shared.RedisState`), ``max_concurrent``
+    holds across every replica that shares it: a request that has its place here also takes
+    a lease in the shared pool, in the order the requests of every replica came (a fair
+    queue in Redis). While Redis is away, the shared state's ``failure`` decides: this
+    replica's share of the limit (``local``), the whole limit here (``open``), or 503
+    (``closed``).
+    """
 
     def __init__(
         self,
@@ -67,6 +81,7 @@ class Admission:
         queue_timeout: float = 30.0,
         affinity: float = 0.0,
         observer: AdmissionObserver | None = None,
+        shared: RedisState | None = None,
     ) -> None:
         if max_concurrent < 1 or max_queue < 0 or queue_timeout <= 0 or affinity < 0:
             raise ValueError(
@@ -90,6 +105,7 @@ class Admission:
         self.refused = 0
         self._waits: collections.deque[float] = collections.deque(maxlen=256)
         self.observer = observer
+        self.shared = shared
 
     def _changed(self) -> None:
         if self.observer is not None:
@@ -116,7 +132,7 @@ class Admission:
 
     def retry_after(self) -> int:
         """Whole seconds until a place is likely free."""
-        rounds = (self.queued + 1) / self.max_concurrent
+        rounds = (self.queued + 1) / self._limit()
         return max(1, min(120, math.ceil(self._hold * rounds)))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -128,22 +144,100 @@ class Admission:
         model = canonical(name) if name else None
         started = time.monotonic()
         receive = await self._enter(receive, model, started)
-        waited = time.monotonic() - started
-        self._waits.append(waited)
-        if self.observer is not None:
-            self.observer.waited(waited)
+        placed = True
+        lease = None
+        waited = 0.0
         try:
+            if self.shared is not None:
+                lease, receive = await self._enter_shared(self.shared, receive, started)
+                if lease is None and self.in_flight > self._limit():
+                    # Redis went away while this request held a place above this replica's
+                    # share: it queues again, under the share.
+                    placed = False
+                    self._leave(model, ran=False)
+                    receive = await self._enter(receive, model, started)
+                    placed = True
+            waited = time.monotonic() - started
+            self._waits.append(waited)
+            if self.observer is not None:
+                self.observer.waited(waited)
             await self.app(scope, receive, send)
         finally:
             held = time.monotonic() - started - waited
             self._hold = 0.8 * self._hold + 0.2 * held
-            self._leave(model)
+            if placed:
+                self._leave(model)
+            if lease is not None and self.shared is not None:
+                await self.shared.release(lease, ["admission"], "admission")
+
+    def _limit(self) -> int:
+        """The most generations this replica runs at once now: the limit, or, while the
+        shared state is away (``failure = "local"``), its share of it."""
+        shared = self.shared
+        if shared is not None and not shared.available and shared.failure == "local":
+            return shared.share(self.max_concurrent)
+        return self.max_concurrent
+
+    async def _enter_shared(
+        self, shared: RedisState, receive: Receive, started: float
+    ) -> tuple[str | None, Receive]:
+        """A lease in the shared pool, in the order every replica's requests came; the
+        lease (``None``: Redis is away and ``failure`` lets the request go) and the
+        ``receive`` to use after."""
+        from .shared import SharedUnavailable
+
+        shared.start()  # also when no lifespan started it (mounted)
+        lease = secrets.token_hex(8)
+        deadline = started + self.queue_timeout
+        held: list[Message] = []
+        watcher = asyncio.ensure_future(_watch(receive, held))
+        queued = False
+        try:
+            while True:
+                try:
+                    granted = await shared.acquire(
+                        [("admission", self.max_concurrent)], lease, "admission"
+                    )
+                except SharedUnavailable:
+                    if shared.failure == "closed":
+                        self.refused += 1
+                        raise Overloaded(
+                            "the proxy's shared state (Redis) is unavailable and "
+                            "OSP_REDIS_FAILURE is closed: no generation is admitted",
+                            retry_after=5,
+                        ) from None
+                    return None, _replaying(held, receive)  # local share, or open
+                if granted:
+                    queued = False
+                    return lease, _replaying(held, receive)
+                queued = True
+                now = time.monotonic()
+                if now >= deadline:
+                    self.refused += 1
+                    raise Overloaded(
+                        f"Ollama is busy: no place within {self.queue_timeout:g}s across "
+                        "the replicas (OSP_QUEUE_TIMEOUT, OSP_MAX_CONCURRENT)",
+                        retry_after=self.retry_after(),
+                    )
+                changed = asyncio.ensure_future(
+                    shared.wait_changed(min(SHARED_POLL, deadline - now))
+                )
+                done, _ = await asyncio.wait(
+                    {changed, watcher}, return_when=asyncio.FIRST_COMPLETED
+                )
+                changed.cancel()
+                if watcher in done:
+                    raise ClientDisconnected
+        finally:
+            watcher.cancel()
+            if queued:  # gave up: its place in the shared queue goes too
+                await shared.release(lease, ["admission"], "admission")
 
     async def _enter(self, receive: Receive, model: str | None, started: float) -> Receive:
         """Take a place, waiting in the queue if need be; the ``receive`` to use after."""
         held_back = self._held_back(model, started, started)
         queued = self.queued
-        place = self.in_flight < self.max_concurrent
+        place = self.in_flight < self._limit()
         # A free place with others queued: with affinity they are all held back, so one
         # that is not may go first; in strict FIFO order, it may not.
         if place and not held_back and (self.affinity or not queued):
@@ -201,7 +295,7 @@ class Admission:
                     "(OSP_QUEUE_TIMEOUT, OSP_MAX_CONCURRENT)",
                     retry_after=self.retry_after(),
                 )
-            if self.in_flight < self.max_concurrent:  # held back long enough: go
+            if self.in_flight < self._limit():  # held back long enough: go
                 waiter.future.cancel()
                 with contextlib.suppress(ValueError):
                     self._queue.remove(waiter)

@@ -29,6 +29,7 @@ from .responses.middleware import responses_dialect
 from .routing import route_of
 from .security import ApiKeys, BodyGuard, HostGuard, RoutePolicy, keys_from_settings
 from .settings import Settings
+from .shared import RedisState
 from .shutdown import Drain
 from .transports import create_transport, upstream_limits
 from .types import ASGIApp, Receive, Scope, Send
@@ -138,6 +139,8 @@ class SmartProxy:
         if self.fleet is not None and self.metrics is not None:
             fleet = self.fleet
             self.metrics.watch_backends(lambda: fleet.describe()["backends"])
+        #: The state shared with other replicas (Redis), when ``redis_url`` is set.
+        self.shared = self._shared() if settings.redis_url else None
         self.admission = (
             Admission(
                 self.terminal,
@@ -146,6 +149,7 @@ class SmartProxy:
                 queue_timeout=settings.queue_timeout,
                 affinity=settings.queue_affinity,
                 observer=self.metrics,
+                shared=self.shared,
             )
             if settings.max_concurrent is not None
             else None
@@ -165,6 +169,13 @@ class SmartProxy:
             pull_grace=settings.pull_grace,
         )
         self._app = self._build()
+
+    def _shared(self) -> RedisState:
+        s = self.settings
+        assert s.redis_url is not None
+        return RedisState(
+            s.redis_url, failure=s.redis_failure, timeout=s.redis_timeout, lease_ttl=s.lease_ttl
+        )
 
     def _fleet(self, transport: httpx.AsyncBaseTransport) -> Fleet:
         """The fleet of ``backends``: one upstream each, over the one pool."""
@@ -278,6 +289,8 @@ class SmartProxy:
         sources: dict[str, StatusSource] = {"models": self.loader.models.describe}
         if self.fleet is not None:
             sources["fleet"] = self.fleet.describe
+        if self.shared is not None:
+            sources["shared"] = self.shared.describe
         if self.admission is not None:
             sources["admission"] = self.admission.describe
         return sources
@@ -307,6 +320,8 @@ class SmartProxy:
         _ = self.upstream.transport
         if self.handle_signals:
             self.drain_state.install_signal_handlers()
+        if self.shared is not None:
+            self.shared.start()
         if self.fleet is not None:
             await self.fleet.start()
         await self.loader.startup()
@@ -316,6 +331,8 @@ class SmartProxy:
         await self.loader.aclose()
         if self.fleet is not None:
             await self.fleet.aclose()
+        if self.shared is not None:
+            await self.shared.aclose()
         await self.upstream.aclose()
 
     async def __aenter__(self) -> SmartProxy:

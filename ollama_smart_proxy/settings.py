@@ -220,6 +220,25 @@ class Settings(BaseSettings):
         "system prompt and first message do).",
     )
 
+    redis_url: str | None = Field(
+        None,
+        description="Redis (or Valkey) shared by several replicas: redis://, rediss:// or "
+        "unix:// (the redis extra). Without it, limits are per process.",
+    )
+    redis_failure: Literal["local", "open", "closed"] = Field(
+        "local",
+        description="While Redis is unreachable: local (each replica its share of the limits), "
+        "open (limits not shared), or closed (503).",
+    )
+    redis_timeout: float = Field(
+        0.25, gt=0, description="Seconds one Redis operation may take before Redis counts as away."
+    )
+    lease_ttl: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a shared place outlives a replica that stopped renewing it (died).",
+    )
+
     upstream_connect_timeout: float = Field(
         5.0, gt=0, description="Seconds to wait for a connection to Ollama."
     )
@@ -289,6 +308,15 @@ class Settings(BaseSettings):
                 "(OSP_UPSTREAM) or several as backends (OSP_BACKENDS), not both"
             )
         return self
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                f"redis_url must start with redis://, rediss:// or unix://, got {value!r}"
+            )
+        return value or None
 
     @field_validator("session_headers")
     @classmethod

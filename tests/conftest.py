@@ -8,6 +8,8 @@ import pytest
 from ollama_smart_proxy import Settings, SmartProxy
 from ollama_smart_proxy.testing import FakeOllama, StreamingASGITransport, serve_in_thread
 
+from .redis_server import RedisServer
+
 #: The environment variables a Settings() would read: cleared for every test.
 _ENV_PREFIXES = ("OSP_", "OLLAMA_HOST")
 
@@ -67,6 +69,15 @@ def fake_url(fake: FakeOllama) -> Iterator[str]:
 def proxy_url(fake_url: str) -> Iterator[str]:
     with serve_in_thread(SmartProxy(Settings(upstream=fake_url))) as url:
         yield url
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A real Redis on loopback, for the replicas' tests."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -1,0 +1,289 @@
+"""State shared by several proxy replicas (and ``--workers``) through Redis.
+
+Limits are **leases**: a place in a pool (the fleet's generations in flight, one backend's
+slots) is a member of a sorted set scored by when it expires; its holder renews it every
+third of ``lease_ttl``, so a replica that dies gives its places back within one lease. Every
+operation is one round trip (a Lua script, run with Redis's own clock), with its own short
+timeout: a slow or absent Redis is never waited on for longer.
+
+When Redis cannot be reached, :class:`SharedUnavailable` is raised and the caller applies
+``failure``: ``local`` (each replica keeps its share of the limit: the limit divided by the
+replicas it last saw), ``open`` (the limit is not shared until Redis is back) or ``closed``
+(503). The switch and the recovery are logged once each, counted, and shown in ``/health``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import secrets
+import socket
+from collections.abc import Sequence
+from typing import Any, Literal
+
+logger = logging.getLogger("ollama_smart_proxy.shared")
+
+Failure = Literal["local", "open", "closed"]
+
+#: Take a lease in every pool (KEYS: the pools, then the fair queue's two sets, then the
+#: replicas' set) if each has room and this request is among the first in the queue.
+#: ARGV: lease ttl, lease id, replica id, one limit per pool. Returns {granted, replicas}.
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local ttl = tonumber(ARGV[1])
+local id = ARGV[2]
+local n = #KEYS - 3
+local queue, queue_exp, replicas = KEYS[n + 1], KEYS[n + 2], KEYS[n + 3]
+redis.call('ZADD', replicas, now + ttl, ARGV[3])
+redis.call('ZREMRANGEBYSCORE', replicas, '-inf', now)
+local seen = redis.call('ZCARD', replicas)
+local gone = redis.call('ZRANGEBYSCORE', queue_exp, '-inf', now)
+for _, old in ipairs(gone) do
+  redis.call('ZREM', queue, old)
+  redis.call('ZREM', queue_exp, old)
+end
+redis.call('ZADD', queue, 'NX', now, id)
+redis.call('ZADD', queue_exp, now + ttl, id)
+local free = nil
+for i = 1, n do
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+  local room = tonumber(ARGV[3 + i]) - redis.call('ZCARD', KEYS[i])
+  if free == nil or room < free then free = room end
+end
+local rank = redis.call('ZRANK', queue, id)
+if free > 0 and rank < free then
+  for i = 1, n do redis.call('ZADD', KEYS[i], now + ttl, id) end
+  redis.call('ZREM', queue, id)
+  redis.call('ZREM', queue_exp, id)
+  return {1, seen}
+end
+return {0, seen}
+"""
+
+#: Give a lease (or a place in the queue) back and tell the waiting replicas.
+#: KEYS: the pools, the queue's two sets; ARGV: the lease id, the channel.
+_RELEASE = """
+local removed = 0
+for i = 1, #KEYS do removed = removed + redis.call('ZREM', KEYS[i], ARGV[1]) end
+redis.call('PUBLISH', ARGV[2], '1')
+return removed
+"""
+
+#: Renew this replica's leases and queue places, and its own entry among the replicas.
+#: KEYS: the sets; ARGV: ttl, replica, the replicas' set, then one member per key. Returns
+#: the number of replicas alive.
+_RENEW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local ttl = tonumber(ARGV[1])
+redis.call('ZADD', ARGV[3], now + ttl, ARGV[2])
+redis.call('ZREMRANGEBYSCORE', ARGV[3], '-inf', now)
+for i = 1, #KEYS do redis.call('ZADD', KEYS[i], 'XX', now + ttl, ARGV[3 + i]) end
+return redis.call('ZCARD', ARGV[3])
+"""
+
+
+class SharedUnavailable(Exception):
+    """Redis did not answer in time (or at all)."""
+
+
+class RedisState:
+    """``RedisState(url, *, failure="local", timeout=0.25, lease_ttl=10.0, prefix="osp")``.
+
+    ``url`` is ``redis://``, ``rediss://`` or ``unix://`` (Redis 7 or Valkey), read by the
+    ``redis`` package (``pip install 'ollama-smart-proxy[redis]'``).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        failure: Failure = "local",
+        timeout: float = 0.25,
+        lease_ttl: float = 10.0,
+        prefix: str = "osp",
+    ) -> None:
+        try:
+            import redis.asyncio as aioredis
+        except ImportError as exc:  # pragma: no cover - the extra is installed in the tests
+            raise RuntimeError(
+                "redis_url needs the redis package: pip install 'ollama-smart-proxy[redis]'"
+            ) from exc
+        if timeout <= 0 or lease_ttl <= 0:
+            raise ValueError("timeout and lease_ttl must be positive")
+        self.url = url
+        self.failure = failure
+        self.timeout = timeout
+        self.lease_ttl = lease_ttl
+        self.prefix = prefix
+        self.client = aioredis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=0
+        )
+        self._acquire = self.client.register_script(_ACQUIRE)
+        self._release = self.client.register_script(_RELEASE)
+        self._renew = self.client.register_script(_RENEW)
+        self.replica = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.channel = f"{prefix}:released"
+        #: Whether Redis answered the last operation; how many replicas it last counted.
+        self.available = True
+        self.replicas = 1
+        self.outages = 0
+        self.reason = ""
+        #: What this replica holds, to renew: member -> the keys it is in.
+        self._held: dict[str, list[str]] = {}
+        #: Set when a replica gave a place back (pub/sub), or Redis came back; replaced by
+        #: a new one each time, so that every waiter sees each notice.
+        self._changed = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}:{name}"
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if not self._tasks:
+            self._tasks = [
+                asyncio.ensure_future(self._renewing()),
+                asyncio.ensure_future(self._listening()),
+            ]
+
+    async def aclose(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        with contextlib.suppress(Exception):
+            await self.client.aclose()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "available": self.available,
+            "failure_mode": self.failure,
+            "replicas": self.replicas,
+            "outages": self.outages,
+            "held": len(self._held),
+            **({"reason": self.reason} if not self.available else {}),
+        }
+
+    # -- one round trip each ----------------------------------------------------------------
+
+    async def _call(self, operation: Any) -> Any:
+        try:
+            async with asyncio.timeout(self.timeout):
+                result = await operation
+        except (TimeoutError, OSError, ConnectionError) as exc:
+            self._down(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+            raise SharedUnavailable(self.reason) from exc
+        except Exception as exc:
+            from redis.exceptions import RedisError
+
+            if not isinstance(exc, RedisError):
+                raise
+            self._down(f"{type(exc).__name__}: {exc}")
+            raise SharedUnavailable(self.reason) from exc
+        self._up()
+        return result
+
+    def _down(self, reason: str) -> None:
+        self.reason = reason
+        if self.available:
+            self.available = False
+            self.outages += 1
+            logger.warning(
+                "Redis at %s is unavailable (%s): limits are now %s until it is back",
+                self.url.split("@")[-1],
+                reason,
+                {
+                    "local": f"this replica's share (1/{self.replicas})",
+                    "open": "not shared",
+                    "closed": "refused (503)",
+                }[self.failure],
+            )
+
+    def _up(self) -> None:
+        if not self.available:
+            self.available = True
+            self.reason = ""
+            logger.warning("Redis is back: limits are shared again")
+            self._notify()
+
+    def share(self, limit: int) -> int:
+        """This replica's share of ``limit`` while Redis is away (``failure = "local"``)."""
+        return max(1, math.ceil(limit / max(1, self.replicas)))
+
+    async def acquire(self, pools: Sequence[tuple[str, int]], lease: str, queue: str) -> bool:
+        """Take ``lease`` in every pool (name, limit) if each has room and this request is
+        among the first waiting in ``queue``; else keep its place there. Raises
+        :class:`SharedUnavailable`."""
+        keys = [self.key(name) for name, _ in pools]
+        queue_keys = [self.key(f"queue:{queue}"), self.key(f"queue:{queue}:exp")]
+        args: list[str | float] = [self.lease_ttl, lease, self.replica]
+        args += [limit for _, limit in pools]
+        granted, seen = await self._call(
+            self._acquire(keys=[*keys, *queue_keys, self.key("replicas")], args=args)
+        )
+        self.replicas = int(seen)
+        # Held (to renew) either way: a lease, or a place in the queue.
+        self._held[lease] = keys if granted else queue_keys
+        return bool(granted)
+
+    async def release(self, lease: str, pools: Sequence[str], queue: str) -> None:
+        """Give ``lease`` (or its place in ``queue``) back. Never raises: a lease that could
+        not be given back expires."""
+        self._held.pop(lease, None)
+        keys = [self.key(name) for name in pools]
+        keys += [self.key(f"queue:{queue}"), self.key(f"queue:{queue}:exp")]
+        with contextlib.suppress(SharedUnavailable):
+            await self._call(self._release(keys=keys, args=[lease, self.channel]))
+
+    async def _renewing(self) -> None:
+        while True:  # at once (this replica counts from its start), then every third of a lease
+            await self.renew()
+            await asyncio.sleep(self.lease_ttl / 3)
+
+    async def renew(self) -> None:
+        """Renew what this replica holds, and its own entry among the replicas (one round
+        trip)."""
+        keys: list[str] = []
+        members: list[str] = []
+        for member, held in list(self._held.items()):
+            keys += held
+            members += [member] * len(held)
+        args: list[str | float] = [self.lease_ttl, self.replica, self.key("replicas")]
+        args += members
+        with contextlib.suppress(SharedUnavailable):
+            seen = await self._call(self._renew(keys=keys, args=args))
+            self.replicas = int(seen)
+
+    async def _listening(self) -> None:
+        """Wake the waiting requests when any replica gives a place back."""
+        while True:
+            try:
+                pubsub = self.client.pubsub()
+                await pubsub.subscribe(self.channel)
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        self._notify()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # Redis away: the waiters poll meanwhile; subscribe again
+                await asyncio.sleep(1.0)
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_changed(self, limit: float) -> None:
+        """Until a place may have freed (told, or ``limit`` seconds: waiters also poll)."""
+        changed = self._changed
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(limit):
+                await changed.wait()
+
+
+__all__ = ["Failure", "RedisState", "SharedUnavailable"]

@@ -124,6 +124,8 @@ class SmartProxy:
         token = settings.upstream_api_key
         self.upstream = self._upstream(settings.upstream, token, transport)
         #: The fleet, when ``backends`` are configured (else ``None``: one upstream).
+        #: The state shared with other replicas (Redis), when ``redis_url`` is set.
+        self.shared = self._shared() if settings.redis_url else None
         self.fleet = self._fleet(transport) if settings.backends else None
         #: The layer that reaches Ollama: the fleet, or the one upstream.
         self.terminal: ASGIApp = self.fleet or self.upstream
@@ -139,8 +141,6 @@ class SmartProxy:
         if self.fleet is not None and self.metrics is not None:
             fleet = self.fleet
             self.metrics.watch_backends(lambda: fleet.describe()["backends"])
-        #: The state shared with other replicas (Redis), when ``redis_url`` is set.
-        self.shared = self._shared() if settings.redis_url else None
         self.admission = (
             Admission(
                 self.terminal,
@@ -203,6 +203,7 @@ class SmartProxy:
             pull_to=s.pull_to,
             session_headers=s.session_headers,
             max_body_bytes=s.max_body_bytes,
+            shared=self.shared,
         )
 
     def _upstream(

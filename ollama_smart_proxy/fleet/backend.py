@@ -66,6 +66,8 @@ class Backend:
     failures: int = 0
     ejected_until: float = 0.0
     probing: bool = False
+    #: The replicas whose share of the slots this one keeps (Redis away: ``local``); 1 else.
+    divisor: int = 1
 
     def __post_init__(self) -> None:
         #: A hash of the name, mixed with a conversation's key for its order of backends
@@ -88,9 +90,10 @@ class Backend:
 
     def room(self, model: str) -> bool:
         """Whether one more generation for ``model`` runs at once here (not queued by Ollama)."""
-        if self.max_concurrent is not None and self.in_flight >= self.max_concurrent:
+        divisor = self.divisor
+        if self.max_concurrent is not None and self.in_flight >= -(-self.max_concurrent // divisor):
             return False
-        return self.running[model] < self.parallel
+        return self.running[model] < -(-self.parallel // divisor)
 
     def busy(self) -> float:
         """How busy it is, for least-loaded choices: generations per slot, by weight."""

@@ -22,9 +22,10 @@ import hashlib
 import itertools
 import logging
 import math
+import secrets
 import time
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .._http import DEFAULT_MAX_BODY, header, read_body, replay_receive
 from .._json import loads
@@ -45,6 +46,9 @@ from ..types import Message, Receive, Scope, Send
 from .backend import Backend
 from .choose import choose, rendezvous
 from .inventory import Inventory
+
+if TYPE_CHECKING:
+    from ..shared import RedisState
 
 logger = logging.getLogger("ollama_smart_proxy.fleet")
 
@@ -156,6 +160,7 @@ class Fleet:
         pull_to: Literal["one", "all"] = "one",
         session_headers: Sequence[str] = ("x-claude-code-session-id", "x-session-id"),
         max_body_bytes: int = DEFAULT_MAX_BODY,
+        shared: RedisState | None = None,
     ) -> None:
         if not backends:
             raise ValueError("a fleet needs at least one backend")
@@ -175,6 +180,8 @@ class Fleet:
         self.pull_to = pull_to
         self.session_headers = [name.lower().encode() for name in session_headers]
         self.max_body_bytes = max_body_bytes
+        #: Slots shared with other replicas (Redis), if any.
+        self.shared = shared
         self.inventory = Inventory(
             self.backends,
             poll_interval=poll_interval,
@@ -256,18 +263,30 @@ class Fleet:
         key, follow_up = self.conversation(scope, exchange)
         body = await read_body(scope, receive, self.max_body_bytes)
         excluded: list[Backend] = []
+        #: Backends another replica filled (the shared slots said no), for this try only.
+        full: list[Backend] = []
         failed: _Retry | None = None
         started = time.perf_counter()
         while True:
             try:
                 backend, reason = await self._place(
-                    model, key, follow_up, excluded, receive, exchange
+                    model, key, follow_up, [*excluded, *full], receive, exchange
                 )
             except ProxyError:
+                if full:  # every candidate is busy with other replicas' requests: wait
+                    await self._wait_shared(receive, started, exchange)
+                    full.clear()
+                    continue
                 if failed is None:
                     raise
                 await self._pass_on(failed, send, excluded[-1])  # nobody else: its answer
                 return
+            lease = await self._share(backend, model) if self.shared is not None else None
+            if lease is False:
+                backend.release(model, 0.0)
+                self._dispatch()
+                full.append(backend)
+                continue
             if excluded:
                 reason = "failover"
                 self.failovers += 1
@@ -295,7 +314,75 @@ class Fleet:
             finally:
                 backend.release(model, time.monotonic() - held)
                 self._dispatch()
+                if isinstance(lease, str) and self.shared is not None:
+                    await self.shared.release(lease, self._pools(backend, model), "")
             return
+
+    def _pools(self, backend: Backend, model: str) -> list[str]:
+        pools = [f"fleet:{backend.name}:{model}"]
+        if backend.max_concurrent is not None:
+            pools.append(f"fleet:{backend.name}")
+        return pools
+
+    async def _share(self, backend: Backend, model: str) -> str | bool | None:
+        """A lease on ``backend``'s shared slots for ``model``: its id, ``False`` when other
+        replicas hold them all, ``None`` when Redis is away and ``failure`` lets the request
+        go (each replica then keeps its share of the slots); 503 when it does not."""
+        from ..shared import SharedUnavailable
+
+        shared = self.shared
+        assert shared is not None
+        shared.start()
+        lease = secrets.token_hex(8)
+        limits = [backend.parallel] + (
+            [backend.max_concurrent] if backend.max_concurrent is not None else []
+        )
+        pools = list(zip(self._pools(backend, model), limits, strict=True))
+        try:
+            granted = await shared.acquire(pools, lease, "")
+        except SharedUnavailable:
+            self._divide()
+            if shared.failure == "closed":
+                raise Overloaded(
+                    "the proxy's shared state (Redis) is unavailable and OSP_REDIS_FAILURE "
+                    "is closed: no generation is admitted",
+                    retry_after=5,
+                ) from None
+            return None
+        self._divide()
+        return lease if granted else False
+
+    def _divide(self) -> None:
+        """Each backend's slots here: all of them (shared, or ``open``), or this replica's
+        share while Redis is away (``local``)."""
+        shared = self.shared
+        assert shared is not None
+        local = not shared.available and shared.failure == "local"
+        for backend in self.backends:
+            backend.divisor = shared.replicas if local else 1
+
+    async def _wait_shared(self, receive: Receive, started: float, exchange: Exchange) -> None:
+        """Until another replica gives a slot back (told, or a short poll), within the
+        queue's timeout; a client that leaves ends it."""
+        shared = self.shared
+        assert shared is not None
+        left = started + self.queue_timeout - time.perf_counter()
+        if left <= 0:
+            self.refused += 1
+            raise Overloaded(
+                f"every backend that has '{exchange.asked_model}' stayed busy for "
+                f"{self.queue_timeout:g}s across the replicas (OSP_QUEUE_TIMEOUT)",
+                retry_after=self._retry_after(),
+            )
+        changed = asyncio.ensure_future(shared.wait_changed(min(0.2, left)))
+        watcher = asyncio.ensure_future(_disconnected(receive))
+        try:
+            done, _ = await asyncio.wait({changed, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            changed.cancel()
+            watcher.cancel()
+        if watcher in done:
+            raise ClientDisconnected
 
     async def _attempt(
         self,

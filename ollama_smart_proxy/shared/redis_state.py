@@ -29,36 +29,43 @@ logger = logging.getLogger("ollama_smart_proxy.shared")
 Failure = Literal["local", "open", "closed"]
 
 #: Take a lease in every pool (KEYS: the pools, then the fair queue's two sets, then the
-#: replicas' set) if each has room and this request is among the first in the queue.
-#: ARGV: lease ttl, lease id, replica id, one limit per pool. Returns {granted, replicas}.
+#: replicas' set) if each has room and, when fair, this request is among the first in the
+#: queue (else it keeps its place there). ARGV: lease ttl, lease id, replica id, fair (1/0),
+#: one limit per pool. Returns {granted, replicas}.
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local ttl = tonumber(ARGV[1])
 local id = ARGV[2]
+local fair = ARGV[4] == '1'
 local n = #KEYS - 3
 local queue, queue_exp, replicas = KEYS[n + 1], KEYS[n + 2], KEYS[n + 3]
 redis.call('ZADD', replicas, now + ttl, ARGV[3])
 redis.call('ZREMRANGEBYSCORE', replicas, '-inf', now)
 local seen = redis.call('ZCARD', replicas)
-local gone = redis.call('ZRANGEBYSCORE', queue_exp, '-inf', now)
-for _, old in ipairs(gone) do
-  redis.call('ZREM', queue, old)
-  redis.call('ZREM', queue_exp, old)
+local rank = 0
+if fair then
+  local gone = redis.call('ZRANGEBYSCORE', queue_exp, '-inf', now)
+  for _, old in ipairs(gone) do
+    redis.call('ZREM', queue, old)
+    redis.call('ZREM', queue_exp, old)
+  end
+  redis.call('ZADD', queue, 'NX', now, id)
+  redis.call('ZADD', queue_exp, now + ttl, id)
+  rank = redis.call('ZRANK', queue, id)
 end
-redis.call('ZADD', queue, 'NX', now, id)
-redis.call('ZADD', queue_exp, now + ttl, id)
 local free = nil
 for i = 1, n do
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
-  local room = tonumber(ARGV[3 + i]) - redis.call('ZCARD', KEYS[i])
+  local room = tonumber(ARGV[4 + i]) - redis.call('ZCARD', KEYS[i])
   if free == nil or room < free then free = room end
 end
-local rank = redis.call('ZRANK', queue, id)
 if free > 0 and rank < free then
   for i = 1, n do redis.call('ZADD', KEYS[i], now + ttl, id) end
-  redis.call('ZREM', queue, id)
-  redis.call('ZREM', queue_exp, id)
+  if fair then
+    redis.call('ZREM', queue, id)
+    redis.call('ZREM', queue_exp, id)
+  end
   return {1, seen}
 end
 return {0, seen}
@@ -218,18 +225,21 @@ class RedisState:
 
     async def acquire(self, pools: Sequence[tuple[str, int]], lease: str, queue: str) -> bool:
         """Take ``lease`` in every pool (name, limit) if each has room and this request is
-        among the first waiting in ``queue``; else keep its place there. Raises
-        :class:`SharedUnavailable`."""
+        among the first waiting in ``queue`` (``""``: no queue, first to ask); else keep its
+        place there. Raises :class:`SharedUnavailable`."""
         keys = [self.key(name) for name, _ in pools]
         queue_keys = [self.key(f"queue:{queue}"), self.key(f"queue:{queue}:exp")]
-        args: list[str | float] = [self.lease_ttl, lease, self.replica]
+        args: list[str | float] = [self.lease_ttl, lease, self.replica, "1" if queue else "0"]
         args += [limit for _, limit in pools]
         granted, seen = await self._call(
             self._acquire(keys=[*keys, *queue_keys, self.key("replicas")], args=args)
         )
         self.replicas = int(seen)
         # Held (to renew) either way: a lease, or a place in the queue.
-        self._held[lease] = keys if granted else queue_keys
+        if granted:
+            self._held[lease] = keys
+        elif queue:
+            self._held[lease] = queue_keys
         return bool(granted)
 
     async def release(self, lease: str, pools: Sequence[str], queue: str) -> None:
@@ -237,7 +247,8 @@ class RedisState:
         not be given back expires."""
         self._held.pop(lease, None)
         keys = [self.key(name) for name in pools]
-        keys += [self.key(f"queue:{queue}"), self.key(f"queue:{queue}:exp")]
+        if queue:
+            keys += [self.key(f"queue:{queue}"), self.key(f"queue:{queue}:exp")]
         with contextlib.suppress(SharedUnavailable):
             await self._call(self._release(keys=keys, args=[lease, self.channel]))
 

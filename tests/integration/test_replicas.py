@@ -204,3 +204,43 @@ def test_a_replica_killed_gives_its_places_back_within_the_lease(
             for process in processes:
                 process.kill()
                 process.wait()
+
+
+async def test_a_fleets_slots_hold_across_replicas(redis_server: RedisServer) -> None:
+    from ollama_smart_proxy.testing import HostsASGITransport
+
+    fakes = {"gpu-a": FakeOllama(token_delay=0.02), "gpu-b": FakeOllama(token_delay=0.02)}
+    transport = HostsASGITransport(fakes)
+    backends = [{"name": name, "url": f"http://{name}:11434"} for name in fakes]
+    made = []
+    for _ in range(3):
+        proxy = SmartProxy(
+            Settings(backends=backends, redis_url=redis_server.url, poll_interval=60),
+            transport=transport,
+        )
+        await proxy.startup()
+        made.append(
+            (
+                proxy,
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=proxy), base_url="http://p"),
+            )
+        )
+    try:
+        statuses: list[int] = []
+
+        async def one(client: httpx.AsyncClient, index: int) -> None:
+            response = await client.post(
+                "/api/chat", json=chat(f"conversation {index} " * 3), timeout=30
+            )
+            statuses.append(response.status_code)
+
+        async with anyio.create_task_group() as tasks:
+            for index in range(12):
+                tasks.start_soon(one, made[index % 3][1], index)
+        assert statuses == [200] * 12
+        # one slot each (parallel 1), whichever replica sent the request
+        assert fakes["gpu-a"].max_active == 1 and fakes["gpu-b"].max_active == 1
+    finally:
+        for proxy, client in made:
+            await client.aclose()
+            await proxy.aclose()

@@ -167,6 +167,7 @@ class SmartProxy:
             max_pulls=settings.max_pulls,
             max_waiting_pulls=settings.max_waiting_pulls,
             pull_grace=settings.pull_grace,
+            shared=self.shared,
         )
         self._app = self._build()
 

@@ -10,7 +10,7 @@ whoever asks). Answers name the model the client asked for.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .._json import dumps, loads
 from .._keys import ApiKey, request_key
@@ -23,6 +23,9 @@ from ..names import Aliases, first_match
 from ..routing import route_of
 from ..types import ASGIApp, Message, Receive, Scope, Send
 from .upstream_models import UpstreamModels
+
+if TYPE_CHECKING:
+    from ..shared import RedisState
 
 AutoPull = Literal["off", "on"] | Sequence[str]
 
@@ -90,7 +93,7 @@ def _listing_only(send: Send, key: ApiKey) -> Send:
 class ModelLoader:
     """``ModelLoader(app, *, aliases={}, default_model=None, auto_pull="off",
     keep_alive={}, preload=(), pull_timeout=1800, catalogue_ttl=10, on_pull=None,
-    max_pulls=2, max_waiting_pulls=16, pull_grace=30)``.
+    max_pulls=2, max_waiting_pulls=16, pull_grace=30, shared=None)``.
 
     ``auto_pull`` is ``"off"``, ``"on"`` or a list of shell-style name patterns a missing
     model must match to be pulled; ``keep_alive`` maps name patterns to an Ollama duration
@@ -116,6 +119,7 @@ class ModelLoader:
         max_pulls: int = 2,
         max_waiting_pulls: int = 16,
         pull_grace: float = 30.0,
+        shared: RedisState | None = None,
     ) -> None:
         if isinstance(auto_pull, str) and auto_pull not in ("off", "on"):
             raise ValueError("auto_pull must be 'off', 'on', or a list of name patterns")
@@ -135,6 +139,7 @@ class ModelLoader:
             max_pulls=max_pulls,
             max_waiting_pulls=max_waiting_pulls,
             pull_grace=pull_grace,
+            shared=shared,
         )
 
     @property

@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._json import loads
 from .._ndjson import LineSplitter
@@ -23,6 +24,9 @@ from .._side import side_request
 from ..errors import ModelNotFound, Overloaded, ProxyError, UpstreamError, UpstreamTimeout
 from ..names import canonical
 from ..types import ASGIApp
+
+if TYPE_CHECKING:
+    from ..shared import RedisState
 
 logger = logging.getLogger("ollama_smart_proxy.models")
 
@@ -135,6 +139,7 @@ class UpstreamModels:
         max_pulls: int = 2,
         max_waiting_pulls: int = 16,
         pull_grace: float = 30.0,
+        shared: RedisState | None = None,
     ) -> None:
         if max_pulls < 1 or max_waiting_pulls < 0 or pull_grace < 0:
             raise ValueError("max_pulls must be positive, the others not negative")
@@ -143,6 +148,8 @@ class UpstreamModels:
         self.pull_grace = pull_grace
         self._slots: asyncio.Semaphore | None = None
         self.app = app
+        #: Pulls single-flight across replicas (a lock with a lease in Redis), if set.
+        self.shared = shared
         self.catalogue = Catalogue(app, ttl=catalogue_ttl)
         self.pull_timeout = pull_timeout
         self.pulls: dict[str, Pull] = {}
@@ -216,10 +223,19 @@ class UpstreamModels:
             self._slots = asyncio.Semaphore(self.max_pulls)
         try:
             pull.status = "waiting for a place"
-            async with self._slots:
-                logger.info("pulling %s", pull.model)
-                pull.status = "starting"
-                await self._run_pull(pull)
+            lease = await self._lock(key) if self.shared is not None else None
+            if lease is False:  # another replica pulls it: wait for its outcome
+                lease = await self._follow(pull, key)
+            if lease is not False:
+                try:
+                    async with self._slots:
+                        logger.info("pulling %s", pull.model)
+                        pull.status = "starting"
+                        await self._run_pull(pull)
+                finally:
+                    if isinstance(lease, str) and self.shared is not None:
+                        outcome = "ok" if pull.error is None else f"error:{pull.error.message}"
+                        await self.shared.finish(f"pull:{key}", lease, outcome)
         except asyncio.CancelledError:
             if not pull.abandoned:
                 raise
@@ -230,6 +246,61 @@ class UpstreamModels:
         if self.on_pull is not None:
             result = "abandoned" if pull.abandoned else "ok"
             self.on_pull(pull.model, "failed" if pull.error is not None else result)
+
+    async def _lock(self, key: str) -> str | bool | None:
+        """The lock on pulling ``key`` across replicas: its lease, ``False`` when another
+        replica holds it, ``None`` when Redis is away (this replica pulls on its own)."""
+        from ..shared import SharedUnavailable
+
+        assert self.shared is not None
+        self.shared.start()
+        lease = secrets.token_hex(8)
+        try:
+            granted = await self.shared.acquire([(f"pull:{key}", 1)], lease, "")
+        except SharedUnavailable:
+            return None
+        return lease if granted else False
+
+    async def _follow(self, pull: Pull, key: str) -> str | bool | None:
+        """Wait for the pull another replica runs and take its outcome as this one's
+        (``False``); or, when that replica went away without one, pull here (the lock's
+        lease, or ``None`` when Redis went away too)."""
+        from ..shared import SharedUnavailable
+
+        shared = self.shared
+        assert shared is not None
+        pull.status = "pulled by another replica"
+        deadline = time.monotonic() + self.pull_timeout
+        holder: str | None = None
+        while time.monotonic() < deadline:
+            try:
+                if holder is None:
+                    holder = await shared.holder(f"pull:{key}")
+                outcome = await shared.outcome(f"pull:{key}", holder) if holder else None
+                if outcome is None and await shared.holder(f"pull:{key}") != holder:
+                    # It finished just now, or went away without a word (then: pull here).
+                    outcome = await shared.outcome(f"pull:{key}", holder) if holder else None
+                    if outcome is None:
+                        lease = await self._lock(key)
+                        if lease is not False:
+                            return lease
+                        holder = None
+                        continue
+            except SharedUnavailable:
+                return None
+            if outcome is not None:
+                if outcome != "ok":
+                    pull.error = UpstreamError(outcome.removeprefix("error:"))
+                else:
+                    pull.status = "success"
+                self.catalogue.invalidate()
+                return False
+            await shared.wait_changed(0.5)
+        pull.error = UpstreamTimeout(
+            f"pulling '{pull.model}' (on another replica) did not finish within "
+            f"{self.pull_timeout:g}s (OSP_PULL_TIMEOUT)"
+        )
+        return False
 
     async def _run_pull(self, pull: Pull) -> None:
         try:

@@ -252,6 +252,27 @@ class RedisState:
         with contextlib.suppress(SharedUnavailable):
             await self._call(self._release(keys=keys, args=[lease, self.channel]))
 
+    async def holder(self, name: str) -> str | None:
+        """Who holds the lock ``name`` (a pool of one), if anyone."""
+        members = await self._call(self.client.zrange(self.key(name), 0, 0))
+        return members[0].decode() if members else None
+
+    async def outcome(self, name: str, holder: str) -> str | None:
+        """What ``holder`` of the lock ``name`` wrote when it finished (``None``: not yet)."""
+        value = await self._call(self.client.get(self.key(f"{name}:{holder}:outcome")))
+        return value.decode() if isinstance(value, bytes) else None
+
+    async def finish(self, name: str, lease: str, outcome: str, keep: float = 60.0) -> None:
+        """Write ``outcome`` for the waiters of every replica and give the lock back (one
+        round trip). Never raises: the lock then expires with its lease."""
+        self._held.pop(lease, None)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.set(self.key(f"{name}:{lease}:outcome"), outcome, ex=max(1, int(keep)))
+        pipe.zrem(self.key(name), lease)
+        pipe.publish(self.channel, "1")
+        with contextlib.suppress(SharedUnavailable):
+            await self._call(pipe.execute())
+
     async def _renewing(self) -> None:
         while True:  # at once (this replica counts from its start), then every third of a lease
             await self.renew()

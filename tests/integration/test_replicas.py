@@ -244,3 +244,35 @@ async def test_a_fleets_slots_hold_across_replicas(redis_server: RedisServer) ->
         for proxy, client in made:
             await client.aclose()
             await proxy.aclose()
+
+
+async def test_a_pull_is_single_flight_across_replicas(redis_server: RedisServer) -> None:
+    fake = FakeOllama(models=[], pull_delay=0.5)
+    async with replicas(fake, 3, redis_url=redis_server.url, auto_pull="on") as group:
+        statuses: list[int] = []
+
+        async def one(client: httpx.AsyncClient) -> None:
+            response = await client.post("/api/chat", json=chat("pull it first"))
+            statuses.append(response.status_code)
+
+        async with anyio.create_task_group() as tasks:
+            for index in range(6):
+                tasks.start_soon(one, group[index % 3][1])
+        assert statuses == [200] * 6
+        assert fake.pulls["llama3.2:latest"] == 1  # one pull, whichever replica each request met
+
+
+async def test_a_failed_pull_is_seen_by_every_replica(redis_server: RedisServer) -> None:
+    fake = FakeOllama(models=[], pull_delay=0.3, pull_errors={"llama3*": "registry unreachable"})
+    async with replicas(fake, 2, redis_url=redis_server.url, auto_pull="on") as group:
+        results: list[httpx.Response] = []
+
+        async def one(client: httpx.AsyncClient) -> None:
+            results.append(await client.post("/api/chat", json=chat("pull it first")))
+
+        async with anyio.create_task_group() as tasks:
+            for index in range(4):
+                tasks.start_soon(one, group[index % 2][1])
+        assert {r.status_code for r in results} == {502}
+        assert all("registry unreachable" in r.json()["error"] for r in results)
+        assert fake.pulls["llama3.2:latest"] == 1

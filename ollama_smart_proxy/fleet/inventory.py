@@ -11,18 +11,23 @@ made here too, from the backends' own answers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import re
+import secrets
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._json import loads
 from .._side import side_request
 from ..errors import ProxyError, UpstreamError
 from ..types import Scope
 from .backend import Backend
+
+if TYPE_CHECKING:
+    from ..shared import RedisState
 
 logger = logging.getLogger("ollama_smart_proxy.fleet")
 
@@ -63,8 +68,13 @@ class Inventory:
         poll_interval: float = 5.0,
         poll_timeout: float = 2.0,
         on_change: Callable[[], None] | None = None,
+        shared: RedisState | None = None,
     ) -> None:
         self.backends = list(backends)
+        #: With several replicas: one polls (the leader, by a lease), the others read.
+        self.shared = shared
+        self._lease = secrets.token_hex(8)
+        self.leader = shared is None
         self.poll_interval = poll_interval
         self.poll_timeout = poll_timeout
         self.on_change = on_change
@@ -100,8 +110,107 @@ class Inventory:
 
     async def _run(self) -> None:
         while True:
-            await self.poll_all()
+            if self.shared is None:
+                await self.poll_all()
+            else:
+                await self._round(self.shared)
             await asyncio.sleep(self.poll_interval * random.uniform(0.8, 1.2))
+
+    async def _round(self, shared: RedisState) -> None:
+        """One round with replicas: the leader polls and writes what it saw; the others
+        read it (and poll themselves when nobody wrote it, or Redis is away). Ejections any
+        replica made are applied everywhere."""
+        from ..shared import SharedUnavailable
+
+        try:
+            self.leader = await self._lead(shared)
+            view = None if self.leader else await shared.read("fleet:view")
+        except SharedUnavailable:
+            self.leader, view = False, None
+        if view is None:
+            await self.poll_all()
+            if self.leader:
+                with contextlib.suppress(SharedUnavailable):
+                    await shared.write("fleet:view", self._view(), 3 * self.poll_interval)
+        else:
+            self._apply(view)
+            self.rounds += 1
+        with contextlib.suppress(SharedUnavailable):
+            self._apply_ejections(await shared.read_map("fleet:ejected"))
+        if self.on_change is not None:
+            self.on_change()
+
+    async def _lead(self, shared: RedisState) -> bool:
+        if await shared.holder("fleet:poller") == self._lease:
+            return True
+        return await shared.acquire([("fleet:poller", 1)], self._lease, "")
+
+    def _view(self) -> dict[str, Any]:
+        now, wall = time.monotonic(), time.time()
+        return {
+            backend.name: {
+                "state": backend.state,
+                "reason": backend.reason,
+                "version": backend.version,
+                "installed": sorted(backend.installed) if backend.installed is not None else None,
+                "loaded": dict(backend.loaded),
+                "ejected_until": wall + backend.ejected_until - now,
+            }
+            for backend in self.backends
+        }
+
+    def _apply(self, view: dict[str, Any]) -> None:
+        """Take the leader's view of the backends as this replica's."""
+        now, wall = time.monotonic(), time.time()
+        for backend in self.backends:
+            seen = view.get(backend.name)
+            if not isinstance(seen, dict):
+                continue
+            installed = seen.get("installed")
+            backend.installed = (
+                {str(name): {"name": name} for name in installed}
+                if isinstance(installed, list)
+                else None
+            )
+            loaded = seen.get("loaded")
+            if isinstance(loaded, dict):
+                backend.loaded = {str(k): float(v) for k, v in loaded.items()}
+            backend.version = seen.get("version") if isinstance(seen.get("version"), str) else None
+            state = seen.get("state")
+            if state in ("up", "down", "ejected") and not backend.probing:
+                backend.state = state
+                backend.reason = str(seen.get("reason") or "")
+            until = seen.get("ejected_until")
+            if isinstance(until, int | float):
+                backend.ejected_until = max(backend.ejected_until, now + until - wall)
+            backend.polled = now
+
+    def _apply_ejections(self, ejected: dict[str, str]) -> None:
+        now, wall = time.monotonic(), time.time()
+        for backend in self.backends:
+            try:
+                until = float(ejected.get(backend.name, 0))
+            except ValueError:
+                continue
+            if until > wall and now + until - wall > backend.ejected_until:
+                backend.ejected_until = now + until - wall
+                if backend.state == "up":
+                    backend.state, backend.reason = "ejected", "ejected by another replica"
+
+    def share_ejection(self, backend: Backend) -> None:
+        """Tell the other replicas that ``backend`` is ejected, and until when (in the
+        background: never waited on)."""
+        if self.shared is None:
+            return
+        until = time.time() + backend.ejected_until - time.monotonic()
+        task = asyncio.ensure_future(self._share_ejection(self.shared, backend.name, until))
+        self._soon[f"eject:{backend.name}"] = task
+
+    async def _share_ejection(self, shared: RedisState, name: str, until: float) -> None:
+        from ..shared import SharedUnavailable
+
+        with contextlib.suppress(SharedUnavailable):
+            await shared.write_map("fleet:ejected", name, str(until))
 
     async def poll_all(self) -> None:
         """Poll every backend at once; tell ``on_change``."""

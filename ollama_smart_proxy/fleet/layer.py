@@ -187,6 +187,7 @@ class Fleet:
             poll_interval=poll_interval,
             poll_timeout=poll_timeout,
             on_change=self._dispatch,
+            shared=shared,
         )
         self._queue: collections.deque[_Waiter] = collections.deque()
         self._waiting: collections.Counter[str] = collections.Counter()
@@ -220,6 +221,7 @@ class Fleet:
             "max_queue": self.max_queue,
             "failovers": self.failovers,
             "refused": self.refused,
+            "poller": self.inventory.leader,
         }
 
     def ready(self) -> str | None:
@@ -435,10 +437,10 @@ class Fleet:
         except UpstreamError as exc:
             if forwarded or held is not None:
                 if not isinstance(exc, UpstreamStatusError):  # a stream Ollama broke off
-                    backend.failed(exc.message, self.eject_seconds, time.monotonic())
+                    self._failed(backend, exc.message, time.monotonic())
                 exc.headers.append((BACKEND_HEADER, name))
                 raise
-            backend.failed(exc.message, self.eject_seconds, now)
+            self._failed(backend, exc.message, now)
             logger.warning("backend %s failed: %s", backend.name, exc.message)
             exc.headers.append((BACKEND_HEADER, name))
             if may_retry and (exc.unsent or not _timed_out(exc)):
@@ -457,7 +459,7 @@ class Fleet:
                     backend.missing(model)
             else:
                 text = _error_text(bytes(body)) or f"HTTP {status}"
-                backend.failed(f"answered {status}: {text}", self.eject_seconds, now)
+                self._failed(backend, f"answered {status}: {text}", now)
                 logger.warning("backend %s answered %d: %s", backend.name, status, text)
             retry = _Retry(held, bytes(body))
             if may_retry:
@@ -469,6 +471,11 @@ class Fleet:
                 self.inventory.soon(backend)  # what did it unload for it?
         else:
             backend.succeeded()
+
+    def _failed(self, backend: Backend, reason: str, now: float) -> None:
+        """``backend`` failed a request: ejected here, and for every replica."""
+        backend.failed(reason, self.eject_seconds, now)
+        self.inventory.share_ejection(backend)
 
     async def _pass_on(self, failed: _Retry, send: Send, backend: Backend) -> None:
         """Send up the failed answer of the last backend tried (nobody else can serve it)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import os
@@ -251,6 +252,35 @@ class RedisState:
             keys += [self.key(f"queue:{queue}"), self.key(f"queue:{queue}:exp")]
         with contextlib.suppress(SharedUnavailable):
             await self._call(self._release(keys=keys, args=[lease, self.channel]))
+
+    async def read(self, name: str) -> Any:
+        """A JSON value written by :meth:`write` (``None``: none, or it expired)."""
+        value = await self._call(self.client.get(self.key(name)))
+        if value is None:
+            return None
+        try:
+            return json.loads(value)
+        except ValueError:
+            return None  # not ours: as if absent
+
+    async def write(self, name: str, value: Any, ttl: float) -> None:
+        data = json.dumps(value, separators=(",", ":"))
+        await self._call(self.client.set(self.key(name), data, px=max(1, int(ttl * 1000))))
+
+    async def read_map(self, name: str) -> dict[str, str]:
+        raw = await self._call(self.client.hgetall(self.key(name)))
+        return {
+            (k.decode() if isinstance(k, bytes) else str(k)): (
+                v.decode() if isinstance(v, bytes) else str(v)
+            )
+            for k, v in raw.items()
+        }
+
+    async def write_map(self, name: str, field: str, value: str, ttl: float = 3600.0) -> None:
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(self.key(name), field, value)
+        pipe.expire(self.key(name), int(ttl))
+        await self._call(pipe.execute())
 
     async def holder(self, name: str) -> str | None:
         """Who holds the lock ``name`` (a pool of one), if anyone."""

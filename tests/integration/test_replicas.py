@@ -276,3 +276,70 @@ async def test_a_failed_pull_is_seen_by_every_replica(redis_server: RedisServer)
         assert {r.status_code for r in results} == {502}
         assert all("registry unreachable" in r.json()["error"] for r in results)
         assert fake.pulls["llama3.2:latest"] == 1
+
+
+@asynccontextmanager
+async def fleet_replicas(
+    fakes: dict[str, FakeOllama], count: int, **options: Any
+) -> AsyncIterator[tuple[list[tuple[SmartProxy, httpx.AsyncClient]], Any]]:
+    from ollama_smart_proxy.testing import HostsASGITransport
+
+    transport = HostsASGITransport(fakes)
+    backends = [{"name": name, "url": f"http://{name}:11434"} for name in fakes]
+    made = []
+    for _ in range(count):
+        proxy = SmartProxy(Settings(backends=backends, **options), transport=transport)
+        await proxy.startup()
+        made.append(
+            (
+                proxy,
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=proxy), base_url="http://p"),
+            )
+        )
+    try:
+        yield made, transport
+    finally:
+        for proxy, client in made:
+            await client.aclose()
+            await proxy.aclose()
+
+
+async def test_one_replica_polls_the_backends_and_the_others_read(
+    redis_server: RedisServer,
+) -> None:
+    fakes = {"gpu-a": FakeOllama(), "gpu-b": FakeOllama()}
+    async with fleet_replicas(fakes, 3, redis_url=redis_server.url, poll_interval=0.1) as (
+        group,
+        _,
+    ):
+        before = len(fakes["gpu-a"].calls("/api/tags"))
+        await anyio.sleep(1.2)  # about ten rounds
+        polls = len(fakes["gpu-a"].calls("/api/tags")) - before
+        pollers = [(await c.get("/health")).json()["fleet"]["poller"] for _, c in group]
+        assert pollers.count(True) == 1
+        assert 5 <= polls <= 16  # one replica's rounds, not three's
+        for _, client in group:  # every replica knows what the backends have
+            health = (await client.get("/health")).json()["fleet"]["backends"]
+            assert all("llama3.2:latest" in backend["installed"] for backend in health)
+
+
+async def test_an_ejection_by_one_replica_holds_for_all(redis_server: RedisServer) -> None:
+    fakes = {"gpu-a": FakeOllama(), "gpu-b": FakeOllama()}
+    for fake in fakes.values():
+        fake.loaded["llama3.2:latest"] = time.time() + 300
+    fakes["gpu-a"].failure = (
+        503,
+        "server busy, please try again.  maximum pending requests exceeded",
+    )
+    options = {"redis_url": redis_server.url, "poll_interval": 0.1, "eject_seconds": 30}
+    async with fleet_replicas(fakes, 3, **options) as (group, _):
+        await anyio.sleep(0.3)
+        waited = False
+        for index in range(12):  # spread over the replicas; one of them meets gpu-a first
+            client = group[index % 3][1]
+            response = await client.post("/api/chat", json=chat(f"question {index}"))
+            assert response.status_code == 200
+            if fakes["gpu-a"].calls("/api/chat") and not waited:
+                await anyio.sleep(0.4)  # the ejection reaches the others within a round
+                waited = True
+        assert len(fakes["gpu-a"].calls("/api/chat")) == 1

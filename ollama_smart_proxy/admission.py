@@ -168,7 +168,7 @@ class Admission:
             if placed:
                 self._leave(model)
             if lease is not None and self.shared is not None:
-                await self.shared.release(lease, ["admission"], "admission")
+                self.shared.release_soon(lease, ["admission"], "admission")
 
     def _limit(self) -> int:
         """The most generations this replica runs at once now: the limit, or, while the

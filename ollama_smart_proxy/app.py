@@ -141,6 +141,8 @@ class SmartProxy:
         if self.fleet is not None and self.metrics is not None:
             fleet = self.fleet
             self.metrics.watch_backends(lambda: fleet.describe()["backends"])
+        if self.shared is not None and self.metrics is not None:
+            self.metrics.watch_shared(self.shared.describe)
         self.admission = (
             Admission(
                 self.terminal,

@@ -221,8 +221,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"  agents:   {agents}")
     keys = bool(getattr(app, "keys", None))
     print(f"  keys:     {'required' if keys else 'none: every client may use the proxy'}")
+    if settings.redis_url:
+        print(
+            f"  shared:   limits, pulls and the fleet's view through Redis "
+            f"(redis_failure: {settings.redis_failure})"
+        )
     if settings.max_concurrent is not None:
-        per = " per worker process" if args.workers > 1 else ""
+        per = " per worker process" if args.workers > 1 and not settings.redis_url else ""
         print(
             f"  admission: {settings.max_concurrent} generations at once{per}, "
             f"{settings.max_queue} queued"
@@ -235,7 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             metrics_dir = tempfile.mkdtemp(prefix="osp-metrics-")
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-        print(f"  workers:  {args.workers} (each with its own upstream pool and queue)")
+        shares = "limits shared through Redis" if settings.redis_url else "and queue"
+        print(f"  workers:  {args.workers} (each with its own upstream pool {shares})")
     if args.demo:
         print(demo_banner(url))
     sys.stdout.flush()

@@ -153,6 +153,7 @@ class Metrics:
             registry=registry,
         )
         self._backends: BackendCollector | None = None
+        self._shared: SharedCollector | None = None
 
         # Children by label values: prometheus-client's labels() costs ~3 µs a call.
         self._children: dict[tuple[Any, ...], Any] = {}
@@ -187,6 +188,13 @@ class Metrics:
         if self.registry is not None:
             self.registry.register(self._backends)
 
+    def watch_shared(self, source: Callable[[], Mapping[str, Any]]) -> None:
+        """Expose the shared state's health (Redis): read when scraped."""
+        collector = SharedCollector(source)
+        self._shared = collector
+        if self.registry is not None:
+            self.registry.register(collector)
+
     # -- the endpoint ---------------------------------------------------------------------
 
     def render(self) -> tuple[bytes, str]:
@@ -195,6 +203,8 @@ class Metrics:
             _multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             if self._backends is not None:
                 registry.register(self._backends)
+            if self._shared is not None:
+                registry.register(self._shared)
         else:
             registry = self.registry
         return prometheus_client.generate_latest(registry), prometheus_client.CONTENT_TYPE_LATEST
@@ -275,4 +285,34 @@ class BackendCollector:
         yield from (up, state, in_flight, loaded, errors, ejections, cold)
 
 
-__all__ = ["BackendCollector", "Metrics", "ModelLabels", "available", "multiprocess"]
+class SharedCollector:
+    """The shared state (Redis) as metrics: whether it answers, outages, replicas seen."""
+
+    def __init__(self, source: Callable[[], Mapping[str, Any]]) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Any]:
+        state = self.source()
+        yield GaugeMetricFamily(
+            "osp_shared_available",
+            "1 while Redis answers (limits shared), 0 while redis_failure applies.",
+            value=1.0 if state["available"] else 0.0,
+        )
+        yield CounterMetricFamily(
+            "osp_shared_outages", "Times Redis became unavailable.", value=float(state["outages"])
+        )
+        yield GaugeMetricFamily(
+            "osp_shared_replicas",
+            "Replicas sharing the limits, as Redis last counted them.",
+            value=float(state["replicas"]),
+        )
+
+
+__all__ = [
+    "BackendCollector",
+    "Metrics",
+    "ModelLabels",
+    "SharedCollector",
+    "available",
+    "multiprocess",
+]

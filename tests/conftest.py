@@ -6,9 +6,12 @@ import httpx
 import pytest
 
 from ollama_smart_proxy import Settings, SmartProxy
-from ollama_smart_proxy.testing import FakeOllama, StreamingASGITransport, serve_in_thread
-
-from .redis_server import RedisServer
+from ollama_smart_proxy.testing import (
+    FakeOllama,
+    RedisServer,
+    StreamingASGITransport,
+    serve_in_thread,
+)
 
 #: The environment variables a Settings() would read: cleared for every test.
 _ENV_PREFIXES = ("OSP_", "OLLAMA_HOST")

@@ -317,7 +317,7 @@ class Fleet:
                 backend.release(model, time.monotonic() - held)
                 self._dispatch()
                 if isinstance(lease, str) and self.shared is not None:
-                    await self.shared.release(lease, self._pools(backend, model), "")
+                    self.shared.release_soon(lease, self._pools(backend, model), "")
             return
 
     def _pools(self, backend: Backend, model: str) -> list[str]:

@@ -147,6 +147,7 @@ class RedisState:
         #: a new one each time, so that every waiter sees each notice.
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._releasing: set[asyncio.Future[None]] = set()
 
     def key(self, name: str) -> str:
         return f"{self.prefix}:{name}"
@@ -161,6 +162,8 @@ class RedisState:
             ]
 
     async def aclose(self) -> None:
+        if self._releasing:  # give back what is being given back, then stop
+            await asyncio.gather(*self._releasing, return_exceptions=True)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -302,6 +305,14 @@ class RedisState:
         pipe.publish(self.channel, "1")
         with contextlib.suppress(SharedUnavailable):
             await self._call(pipe.execute())
+
+    def release_soon(self, lease: str, pools: Sequence[str], queue: str) -> None:
+        """:meth:`release` in the background: the answer has gone to the client already,
+        and it need not wait for Redis."""
+        self._held.pop(lease, None)  # not renewed from now on
+        task = asyncio.ensure_future(self.release(lease, pools, queue))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
 
     async def _renewing(self) -> None:
         while True:  # at once (this replica counts from its start), then every third of a lease

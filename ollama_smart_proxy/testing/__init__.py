@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ._fake import FakeModel, FakeOllama, FakeReply, RecordedRequest
+from ._redis import RedisServer, free_port
 from ._server import serve_in_thread
 from ._transport import HostsASGITransport, StreamingASGITransport
 
@@ -12,6 +13,8 @@ __all__ = [
     "FakeReply",
     "HostsASGITransport",
     "RecordedRequest",
+    "RedisServer",
     "StreamingASGITransport",
+    "free_port",
     "serve_in_thread",
 ]

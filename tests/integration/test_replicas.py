@@ -19,12 +19,13 @@ from ollama_smart_proxy import Settings, SmartProxy
 from ollama_smart_proxy.testing import (
     FakeOllama,
     FakeReply,
+    RedisServer,
     StreamingASGITransport,
+    free_port,
     serve_in_thread,
 )
 
 from ..helpers import until
-from ..redis_server import RedisServer, free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -343,3 +344,15 @@ async def test_an_ejection_by_one_replica_holds_for_all(redis_server: RedisServe
                 await anyio.sleep(0.4)  # the ejection reaches the others within a round
                 waited = True
         assert len(fakes["gpu-a"].calls("/api/chat")) == 1
+
+
+async def test_the_shared_state_in_metrics(redis_server: RedisServer) -> None:
+    async with replicas(FakeOllama(), 2, redis_url=redis_server.url, max_concurrent=2) as group:
+        client = group[0][1]
+        assert (await client.post("/api/chat", json=chat("hi"))).status_code == 200
+        metrics = (await client.get("/metrics")).text
+        assert "osp_shared_available 1.0" in metrics and "osp_shared_replicas 2.0" in metrics
+        redis_server.stop()
+        assert (await client.post("/api/chat", json=chat("hi"))).status_code == 200
+        metrics = (await client.get("/metrics")).text
+        assert "osp_shared_available 0.0" in metrics and "osp_shared_outages_total 1.0" in metrics

@@ -1,4 +1,5 @@
-"""A real Redis server for the tests: Debian's ``redis-server``, which ``.ci/run`` installs."""
+"""A real Redis server on loopback, for tests and benchmarks of replicas: ``redis-server``
+(Debian's package; ``.ci/run`` installs it)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import time
 
 
 def free_port() -> int:
+    """A loopback port nobody listens on now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -26,6 +28,13 @@ class RedisServer:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> RedisServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
     def start(self) -> None:
         self.process = subprocess.Popen(

@@ -331,7 +331,8 @@ class Admission:
                 del self._running[model]
             if ran:
                 self._last = model
-        waiter = self._next()
+        # Handed on only within the limit (it shrinks while Redis is away: local share).
+        waiter = self._next() if self.in_flight <= self._limit() else None
         if waiter is not None:
             waiter.future.set_result(None)
             self._admit(waiter.model)

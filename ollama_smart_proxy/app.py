@@ -325,7 +325,7 @@ class SmartProxy:
         if self.handle_signals:
             self.drain_state.install_signal_handlers()
         if self.shared is not None:
-            self.shared.start()
+            await self.shared.startup()
         if self.fleet is not None:
             await self.fleet.start()
         await self.loader.startup()

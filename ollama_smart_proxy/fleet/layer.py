@@ -267,58 +267,80 @@ class Fleet:
         excluded: list[Backend] = []
         #: Backends another replica filled (the shared slots said no), for this try only.
         full: list[Backend] = []
+        #: This request's id in the shared slots and their queue.
+        ticket = secrets.token_hex(8)
         failed: _Retry | None = None
         started = time.perf_counter()
-        while True:
-            try:
-                backend, reason = await self._place(
-                    model, key, follow_up, [*excluded, *full], receive, exchange
-                )
-            except ProxyError:
-                if full:  # every candidate is busy with other replicas' requests: wait
-                    await self._wait_shared(receive, started, exchange)
-                    full.clear()
-                    continue
-                if failed is None:
+        queued = False  # it had a place in the shared queue: given up as it leaves
+        try:
+            while True:
+                try:
+                    backend, reason = await self._place(
+                        model, key, follow_up, [*excluded, *full], receive, exchange
+                    )
+                except ProxyError:
+                    if full:  # every candidate is busy with other replicas' requests: wait
+                        await self._wait_shared(receive, started, exchange)
+                        full.clear()
+                        continue
+                    if failed is None:
+                        raise
+                    await self._pass_on(failed, send, excluded[-1])  # nobody else: its answer
+                    return
+                try:
+                    lease = (
+                        await self._share(backend, model, ticket)
+                        if self.shared is not None
+                        else None
+                    )
+                except BaseException:
+                    backend.release(model, 0.0)
+                    self._dispatch()
                     raise
-                await self._pass_on(failed, send, excluded[-1])  # nobody else: its answer
+                queued = queued or lease is False
+                if lease is False:
+                    backend.release(model, 0.0)
+                    self._dispatch()
+                    full.append(backend)
+                    continue
+                if excluded:
+                    reason = "failover"
+                    self.failovers += 1
+                backend.routed[reason] += 1
+                if key is not None:
+                    self._remember(key, backend)
+                exchange.backend, exchange.backend_reason = backend.name, reason
+                exchange.routing_ms = (time.perf_counter() - started) * 1000
+                may_retry = len(excluded) < self.failover_attempts
+                held = time.monotonic()
+                try:
+                    await self._attempt(
+                        backend,
+                        scope,
+                        replay_receive(body, receive),
+                        send,
+                        may_retry=may_retry,
+                        model=model,
+                        exchange=exchange,
+                    )
+                except _Retry as retry:
+                    failed = retry
+                    excluded.append(backend)
+                    continue
+                finally:
+                    backend.release(model, time.monotonic() - held)
+                    self._dispatch()
+                    if isinstance(lease, str) and self.shared is not None:
+                        self.shared.release_soon(lease, self._pools(backend, model), "")
                 return
-            lease = await self._share(backend, model) if self.shared is not None else None
-            if lease is False:
-                backend.release(model, 0.0)
-                self._dispatch()
-                full.append(backend)
-                continue
-            if excluded:
-                reason = "failover"
-                self.failovers += 1
-            backend.routed[reason] += 1
-            if key is not None:
-                self._remember(key, backend)
-            exchange.backend, exchange.backend_reason = backend.name, reason
-            exchange.routing_ms = (time.perf_counter() - started) * 1000
-            may_retry = len(excluded) < self.failover_attempts
-            held = time.monotonic()
-            try:
-                await self._attempt(
-                    backend,
-                    scope,
-                    replay_receive(body, receive),
-                    send,
-                    may_retry=may_retry,
-                    model=model,
-                    exchange=exchange,
-                )
-            except _Retry as retry:
-                failed = retry
-                excluded.append(backend)
-                continue
-            finally:
-                backend.release(model, time.monotonic() - held)
-                self._dispatch()
-                if isinstance(lease, str) and self.shared is not None:
-                    self.shared.release_soon(lease, self._pools(backend, model), "")
-            return
+        finally:
+            if queued:  # gone from the queue once placed; if not (it left, Redis away): now
+                self._leave_queue(ticket, model)
+
+    def _leave_queue(self, ticket: str, model: str) -> None:
+        """A request that waited for shared slots gave up: its place in the queue goes."""
+        if self.shared is not None:
+            self.shared.release_soon(ticket, [], f"fleet:{model}")
 
     def _pools(self, backend: Backend, model: str) -> list[str]:
         pools = [f"fleet:{backend.name}:{model}"]
@@ -326,22 +348,23 @@ class Fleet:
             pools.append(f"fleet:{backend.name}")
         return pools
 
-    async def _share(self, backend: Backend, model: str) -> str | bool | None:
+    async def _share(self, backend: Backend, model: str, lease: str) -> str | bool | None:
         """A lease on ``backend``'s shared slots for ``model``: its id, ``False`` when other
         replicas hold them all, ``None`` when Redis is away and ``failure`` lets the request
-        go (each replica then keeps its share of the slots); 503 when it does not."""
+        go (each replica then keeps its share of the slots); 503 when it does not.
+        ``lease`` is the request's one id: it keeps its place in the model's queue across
+        tries."""
         from ..shared import SharedUnavailable
 
         shared = self.shared
         assert shared is not None
         shared.start()
-        lease = secrets.token_hex(8)
         limits = [backend.parallel] + (
             [backend.max_concurrent] if backend.max_concurrent is not None else []
         )
         pools = list(zip(self._pools(backend, model), limits, strict=True))
-        try:
-            granted = await shared.acquire(pools, lease, "")
+        try:  # first come first served among every replica's requests for the model
+            granted = await shared.acquire(pools, lease, f"fleet:{model}")
         except SharedUnavailable:
             self._divide()
             if shared.failure == "closed":

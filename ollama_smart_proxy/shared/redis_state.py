@@ -29,6 +29,9 @@ logger = logging.getLogger("ollama_smart_proxy.shared")
 
 Failure = Literal["local", "open", "closed"]
 
+#: Seconds between two tries to reach Redis while it is away.
+PROBE = 0.5
+
 #: Take a lease in every pool (KEYS: the pools, then the fair queue's two sets, then the
 #: replicas' set) if each has room and, when fair, this request is among the first in the
 #: queue (else it keeps its place there). ARGV: lease ttl, lease id, replica id, fair (1/0),
@@ -154,6 +157,12 @@ class RedisState:
 
     # -- lifecycle ------------------------------------------------------------------------
 
+    async def startup(self) -> None:
+        """Count this replica in at once (so the others' shares are right from its first
+        request), then keep renewing in the background."""
+        await self.renew()
+        self.start()
+
     def start(self) -> None:
         if not self._tasks:
             self._tasks = [
@@ -183,7 +192,12 @@ class RedisState:
 
     # -- one round trip each ----------------------------------------------------------------
 
-    async def _call(self, operation: Any) -> Any:
+    async def _call(self, operation: Any, *, probe: bool = False) -> Any:
+        if not self.available and not probe:
+            # Known to be away: no request waits for it; the probe finds it back.
+            if asyncio.iscoroutine(operation):
+                operation.close()
+            raise SharedUnavailable(self.reason)
         try:
             async with asyncio.timeout(self.timeout):
                 result = await operation
@@ -205,6 +219,7 @@ class RedisState:
         if self.available:
             self.available = False
             self.outages += 1
+            self._tasks.append(asyncio.ensure_future(self._probing()))
             logger.warning(
                 "Redis at %s is unavailable (%s): limits are now %s until it is back",
                 self.url.split("@")[-1],
@@ -222,6 +237,14 @@ class RedisState:
             self.reason = ""
             logger.warning("Redis is back: limits are shared again")
             self._notify()
+
+    async def _probing(self) -> None:
+        """While Redis is away: ask it every ``PROBE`` seconds; the first answer ends the
+        outage (limits are shared again from the next request)."""
+        while not self.available:
+            await asyncio.sleep(PROBE)
+            with contextlib.suppress(SharedUnavailable):
+                await self._call(self.client.ping(), probe=True)
 
     def share(self, limit: int) -> int:
         """This replica's share of ``limit`` while Redis is away (``failure = "local"``)."""

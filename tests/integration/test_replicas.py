@@ -134,10 +134,14 @@ async def test_redis_gone_follows_redis_failure_and_coming_back_is_picked_up(
         health = (await group[0][1].get("/health")).json()["shared"]
         assert health["available"] is False and health["outages"] == 1
         redis_server.start()
+        back = time.monotonic()
+        for proxy, _ in group:  # found again by its probe, within one PROBE
+            await until(lambda proxy=proxy: proxy.shared is not None and proxy.shared.available)
+        assert time.monotonic() - back < 2
         for _, client in group:
             assert (await client.post("/api/chat", json=chat("after"))).status_code == 200
         health = (await group[0][1].get("/health")).json()["shared"]
-        assert health["available"] is True
+        assert health["available"] is True and health["outages"] == 1
 
 
 def _launch(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -181,6 +185,20 @@ def test_a_replica_killed_gives_its_places_back_within_the_lease(
         try:
             for url in urls:
                 _wait_up(url)
+            # The limit holds across the three processes: reached, never passed.
+            fake.token_delay = 0.02
+
+            def ask(index: int) -> int:
+                body = {**chat(f"process question {index} " * 3), "stream": True}
+                return httpx.post(f"{urls[index % 3]}/api/chat", json=body, timeout=30).status_code
+
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(12) as pool:
+                assert list(pool.map(ask, range(24))) == [200] * 24
+            assert fake.max_active == 2
+            fake.token_delay = 0.0
+            fake.max_active = 0
             fake.script(*[FakeReply(content="long " * 100, delay=0.1)] * 2)
             streams = [
                 httpx.stream("POST", f"{urls[0]}/api/chat", json={**chat(f"s{i}"), "stream": True})

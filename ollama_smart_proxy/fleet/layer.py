@@ -331,7 +331,9 @@ class Fleet:
                     backend.release(model, time.monotonic() - held)
                     self._dispatch()
                     if isinstance(lease, str) and self.shared is not None:
-                        self.shared.release_soon(lease, self._pools(backend, model), "")
+                        self.shared.release_soon(
+                            lease, self._pools(backend, model), f"fleet:{model}"
+                        )
                 return
         finally:
             if queued:  # gone from the queue once placed; if not (it left, Redis away): now

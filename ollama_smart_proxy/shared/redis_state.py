@@ -75,12 +75,15 @@ end
 return {0, seen}
 """
 
-#: Give a lease (or a place in the queue) back and tell the waiting replicas.
-#: KEYS: the pools, the queue's two sets; ARGV: the lease id, the channel.
+#: Give a lease (or a place in the queue) back, and tell the waiting replicas when there
+#: are any. KEYS: the pools, then the queue's two sets (if any); ARGV: the lease id, the
+#: channel, whether the last two keys are a queue (1/0).
 _RELEASE = """
 local removed = 0
 for i = 1, #KEYS do removed = removed + redis.call('ZREM', KEYS[i], ARGV[1]) end
-redis.call('PUBLISH', ARGV[2], '1')
+if ARGV[3] == '1' and redis.call('ZCARD', KEYS[#KEYS - 1]) > 0 then
+  redis.call('PUBLISH', ARGV[2], '1')
+end
 return removed
 """
 
@@ -276,8 +279,9 @@ class RedisState:
         keys = [self.key(name) for name in pools]
         if queue:
             keys += [self.key(f"queue:{queue}"), self.key(f"queue:{queue}:exp")]
+        args = [lease, self.channel, "1" if queue else "0"]
         with contextlib.suppress(SharedUnavailable):
-            await self._call(self._release(keys=keys, args=[lease, self.channel]))
+            await self._call(self._release(keys=keys, args=args))
 
     async def read(self, name: str) -> Any:
         """A JSON value written by :meth:`write` (``None``: none, or it expired)."""

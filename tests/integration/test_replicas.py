@@ -374,3 +374,44 @@ async def test_the_shared_state_in_metrics(redis_server: RedisServer) -> None:
         assert (await client.post("/api/chat", json=chat("hi"))).status_code == 200
         metrics = (await client.get("/metrics")).text
         assert "osp_shared_available 0.0" in metrics and "osp_shared_outages_total 1.0" in metrics
+
+
+def test_workers_share_one_limit_through_redis(redis_server: RedisServer) -> None:
+    """``--workers 3`` with ``redis_url``: the three workers hold one ``max_concurrent``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    fake = FakeOllama(token_delay=0.02)
+    with serve_in_thread(fake) as fake_url:
+        port = free_port()
+        env = {
+            **os.environ,
+            "OSP_UPSTREAM": fake_url,
+            "OSP_REDIS_URL": redis_server.url,
+            "OSP_MAX_CONCURRENT": "2",
+        }
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ollama_smart_proxy", "--port", str(port), "--workers", "3"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            _wait_up(url)
+
+            def ask(index: int) -> int:
+                body = {**chat(f"worker question {index} " * 3), "stream": True}
+                return httpx.post(f"{url}/api/chat", json=body, timeout=30).status_code
+
+            with ThreadPoolExecutor(12) as pool:
+                assert list(pool.map(ask, range(24))) == [200] * 24
+            assert fake.max_active == 2
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                out, _ = process.communicate(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                out, _ = process.communicate()
+        banner = out.decode()
+        assert "limits shared through Redis" in banner and "per worker" not in banner

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
 
 from .names import matches
 from .types import Scope
@@ -35,6 +35,14 @@ class KeySpec(BaseModel):
     #: Model name patterns the key may use (``None``: any).
     models: list[str] | None = None
     admin: StrictBool = False
+    #: Limits (docs/quotas.md); none given: the ``key_limits`` default, if any.
+    requests_per_minute: int | None = Field(None, ge=1)
+    tokens_per_minute: int | None = Field(None, ge=1)
+    input_tokens_per_minute: int | None = Field(None, ge=1)
+    output_tokens_per_minute: int | None = Field(None, ge=1)
+    concurrent: int | None = Field(None, ge=1)
+    tokens_per_day: int | None = Field(None, ge=1)
+    tokens_per_month: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _one_secret(self) -> KeySpec:
@@ -53,6 +61,8 @@ class ApiKey:
     name: str
     models: tuple[str, ...] | None
     admin: bool
+    #: Its own limits, if it has any (``quotas.Limits``).
+    limits: Any = None
 
     def may_use(self, *names: str) -> bool:
         """Whether the key may use a model known by any of ``names`` (an alias, its model)."""
@@ -79,12 +89,14 @@ def make_key(spec: str | KeySpec | dict[str, Any], *, admin: bool = False) -> Ap
         digest = bytes.fromhex((spec.sha256 or "").removeprefix("sha256:"))
     name = spec.name or f"key-{digest.hex()[:8]}"
     models = tuple(spec.models) if spec.models is not None else None
-    return ApiKey(digest, name, models, admin or spec.admin)
+    from .quotas import Limits
+
+    return ApiKey(digest, name, models, admin or spec.admin, Limits.of(spec.model_dump()))
 
 
 def load_keys_file(path: str | Path) -> list[ApiKey]:
     """Keys from a TOML or JSON file: ``[[keys]]`` entries (``key`` or ``sha256``, ``name``,
-    ``models``, ``admin``)."""
+    ``models``, ``admin``, and limits: ``requests_per_minute``, ``tokens_per_minute``...)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")

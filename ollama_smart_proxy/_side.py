@@ -21,7 +21,7 @@ from ._keys import KEY_SCOPE_KEY
 from ._pipeline import run_exchange
 from .encoding import NativeEncoder
 from .errors import RequestError, UpstreamError
-from .exchange import Exchange
+from .exchange import SCOPE_KEY, Exchange
 from .kinds import PARSED_KINDS
 from .routing import ROUTE_KEY, resolve_path
 from .schemas import REQUEST_TYPES, describe_validation_error
@@ -103,6 +103,10 @@ async def side_request(
         inner["headers"] = json_request_headers(base["headers"])
         exchange = Exchange(kind, request)
         await run_exchange(app, inner, _never_disconnects, collect, exchange, NativeEncoder())
+        parent = base.get(SCOPE_KEY)
+        if isinstance(parent, Exchange):  # made for a client's request: charged to it
+            parent.side_prompt_tokens += exchange.prompt_tokens
+            parent.side_completion_tokens += exchange.completion_tokens
     else:
         raw = dumps(body) if body is not None else b""
         inner["headers"] = json_request_headers(base["headers"], len(raw))

@@ -25,6 +25,7 @@ from .health import Health, StatusSource, send_json
 from .metrics import Metrics
 from .models import ModelLoader
 from .openai.middleware import openai_dialect
+from .quotas import Accounts, Limits, Quotas, UsageEndpoint
 from .responses.middleware import responses_dialect
 from .routing import route_of
 from .security import ApiKeys, BodyGuard, HostGuard, RoutePolicy, keys_from_settings
@@ -56,16 +57,30 @@ class Router:
 
 
 class ProxyEndpoints:
-    """The proxy's own small endpoints: health, ``/plugins``, ``/metrics``."""
+    """The proxy's own small endpoints: health, ``/plugins``, ``/metrics``, ``/usage``."""
 
-    def __init__(self, health: Health, registry: AgentRegistry, metrics: Metrics | None) -> None:
+    def __init__(
+        self,
+        health: Health,
+        registry: AgentRegistry,
+        metrics: Metrics | None,
+        usage: UsageEndpoint | None = None,
+    ) -> None:
         self.health = health
         self.registry = registry
         self.metrics = metrics
+        self.usage = usage
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = route_of(scope).kind
-        if kind == "plugins":
+        if kind == "usage":
+            if self.usage is None:
+                raise ProxyError(
+                    "usage is counted per API key, and no keys are in use (OSP_API_KEYS)",
+                    status_code=404,
+                )
+            await self.usage(scope, receive, send)
+        elif kind == "plugins":
             await send_json(send, 200, self.registry.describe())
         elif kind == "metrics":
             if self.metrics is None:
@@ -171,6 +186,12 @@ class SmartProxy:
             pull_grace=settings.pull_grace,
             shared=self.shared,
         )
+        #: Per-key limits and usage, when keys are in use.
+        self.accounts = (
+            Accounts(default=Limits.of(settings.key_limits), shared=self.shared)
+            if self.keys
+            else None
+        )
         self._app = self._build()
 
     def _shared(self) -> RedisState:
@@ -227,7 +248,7 @@ class SmartProxy:
         draws it)::
 
             CORS > AccessLog (+ metrics) > ErrorBoundary > BodyGuard > ApiKeys | HostGuard
-              > RoutePolicy > Router
+              > Quotas (with keys) > RoutePolicy > Router
               model routes: ModelEntry (ollama, openai, responses, anthropic dialects)
                               > CommandParser > agents > ModelLoader > Admission
                               > Fleet (with backends) > OllamaUpstream
@@ -265,12 +286,15 @@ class SmartProxy:
             anthropic_dialect(),
         ]
         entry = ModelEntry(completions, dialects=dialects, **limits)
+        usage = UsageEndpoint(self.accounts) if self.accounts is not None else None
         app: ASGIApp = Router(
             **{dialect.family: entry for dialect in dialects},
-            proxy=ProxyEndpoints(health, self.registry, self.metrics),
+            proxy=ProxyEndpoints(health, self.registry, self.metrics, usage),
         )
         if self.keys or s.admin_routes == "closed":
             app = RoutePolicy(app, admin_routes=s.admin_routes, keys_required=bool(self.keys))
+        if self.accounts is not None:
+            app = Quotas(app, accounts=self.accounts)
         if self.keys:
             app = ApiKeys(app, keys=self.keys)
         else:  # Ollama's own Host and Origin checks, which a proxy would defeat

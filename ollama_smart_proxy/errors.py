@@ -176,6 +176,26 @@ class Overloaded(ProxyError):
         self.retry_after = retry_after
 
 
+class RateLimited(ProxyError):
+    """A key reached one of its limits (``Retry-After`` says when to try again)."""
+
+    status_code = 429
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: int,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        super().__init__(
+            message,
+            code="rate_limit_exceeded",
+            headers=[(b"retry-after", str(retry_after).encode()), *(headers or [])],
+        )
+        self.retry_after = retry_after
+
+
 class ClientTooSlow(ProxyError):
     """The client took no data for ``write_timeout`` seconds: its response was ended (there
     is nobody reading to tell; the log and the metrics say it)."""

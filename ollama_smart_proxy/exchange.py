@@ -87,6 +87,10 @@ class Exchange:
     completion_tokens: int = 0
     #: Seconds Ollama spent loading the model for it (``load_duration``; the pipeline).
     load_seconds: float = 0.0
+    #: Tokens of the side requests made for it (an agent's ``call_ollama``), charged to the
+    #: same key (written by ``side_request``).
+    side_prompt_tokens: int = 0
+    side_completion_tokens: int = 0
     #: When the body went to Ollama, and when Ollama's answer began (``perf_counter``;
     #: written by the response pipeline; 0 until then).
     forwarded: float = 0.0

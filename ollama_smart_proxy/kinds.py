@@ -61,6 +61,7 @@ PROXY_KINDS = {
     "/health/live": "health.live",
     "/plugins": "plugins",
     "/metrics": "metrics",
+    "/usage": "usage",
 }
 
 #: Native route kinds whose bodies are parsed into an exchange (each names a model).

@@ -113,6 +113,12 @@ class Settings(BaseSettings):
         None,
         description="TOML or JSON file of keys ([[keys]]: key or sha256, name, models, admin).",
     )
+    key_limits: dict[str, int] = Field(
+        default_factory=dict,
+        description="Limits for keys that set none (docs/quotas.md): requests_per_minute, "
+        "tokens_per_minute, input_tokens_per_minute, output_tokens_per_minute, concurrent, "
+        "tokens_per_day, tokens_per_month.",
+    )
     admin_routes: Literal["open", "closed"] = Field(
         "open",
         description="Routes that change the server (pull, delete, ...): open (to admin keys, "
@@ -308,6 +314,20 @@ class Settings(BaseSettings):
                 "(OSP_UPSTREAM) or several as backends (OSP_BACKENDS), not both"
             )
         return self
+
+    @field_validator("key_limits")
+    @classmethod
+    def _check_key_limits(cls, value: dict[str, int]) -> dict[str, int]:
+        from .quotas import LIMIT_FIELDS
+
+        for name, number in value.items():
+            if name not in LIMIT_FIELDS:
+                raise ValueError(
+                    f"key_limits: {name!r} is not a limit (one of {', '.join(LIMIT_FIELDS)})"
+                )
+            if number < 1:
+                raise ValueError(f"key_limits: {name} must be at least 1, got {number}")
+        return value
 
     @field_validator("redis_url")
     @classmethod

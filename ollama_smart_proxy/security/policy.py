@@ -54,6 +54,8 @@ class RoutePolicy:
         method = scope["method"]
         what = route_class(method, route.kind)
         key = request_key(scope)
+        if route.kind == "usage" and (key is None or not key.admin):
+            raise PermissionDenied("/usage reports every key's use: it needs an admin key")
         if route.kind == "metrics" and self.keys_required and (key is None or not key.admin):
             raise PermissionDenied(
                 "/metrics names every key and model: it needs an admin key (OSP_ADMIN_KEYS)"

@@ -101,6 +101,14 @@ return redis.call('ZCARD', ARGV[3])
 """
 
 
+def _cancelled_meanwhile() -> None:
+    """Raise ``CancelledError`` if this task was asked to stop while something it awaited
+    turned the cancel into another exception (``asyncio.timeout`` on Python 3.11 may)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class SharedUnavailable(Exception):
     """Redis did not answer in time (or at all)."""
 
@@ -154,6 +162,7 @@ class RedisState:
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._releasing: set[asyncio.Future[None]] = set()
+        self._closing = False
 
     def key(self, name: str) -> str:
         return f"{self.prefix}:{name}"
@@ -174,6 +183,7 @@ class RedisState:
             ]
 
     async def aclose(self) -> None:
+        self._closing = True
         if self._releasing:  # give back what is being given back, then stop
             await asyncio.gather(*self._releasing, return_exceptions=True)
         for task in self._tasks:
@@ -205,6 +215,7 @@ class RedisState:
             async with asyncio.timeout(self.timeout):
                 result = await operation
         except (TimeoutError, OSError, ConnectionError) as exc:
+            _cancelled_meanwhile()  # a cancel must not become "Redis is away" (3.11)
             self._down(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
             raise SharedUnavailable(self.reason) from exc
         except Exception as exc:
@@ -342,8 +353,9 @@ class RedisState:
         task.add_done_callback(self._releasing.discard)
 
     async def _renewing(self) -> None:
-        while True:  # at once (this replica counts from its start), then every third of a lease
+        while not self._closing:  # at once (it counts from its start), then every third
             await self.renew()
+            _cancelled_meanwhile()
             await asyncio.sleep(self.lease_ttl / 3)
 
     async def renew(self) -> None:
@@ -362,17 +374,25 @@ class RedisState:
 
     async def _listening(self) -> None:
         """Wake the waiting requests when any replica gives a place back."""
-        while True:
+        while not self._closing:
+            pubsub = self.client.pubsub()
             try:
-                pubsub = self.client.pubsub()
                 await pubsub.subscribe(self.channel)
-                async for message in pubsub.listen():
-                    if message.get("type") == "message":
+                while not self._closing:  # short waits: a cancel the client swallowed is seen
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+                    _cancelled_meanwhile()
+                    if message is not None and message.get("type") == "message":
                         self._notify()
             except asyncio.CancelledError:
                 raise
             except Exception:  # Redis away: the waiters poll meanwhile; subscribe again
+                if self._closing:
+                    raise asyncio.CancelledError from None
+                _cancelled_meanwhile()  # the client may have turned a cancel into this
                 await asyncio.sleep(1.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     def _notify(self) -> None:
         self._changed.set()

@@ -16,6 +16,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from .routing import route_of
@@ -127,10 +128,22 @@ class AccessLog:
             for observer in self.observers:
                 observer(scope, context, first)
             if access_logger.isEnabledFor(logging.INFO):
-                log_request(scope, context)
+                log_request(scope, context, first)
 
 
-def log_request(scope: Scope, context: RequestContext) -> None:
+def outcome(status: int, error: ProxyError | None) -> str:
+    """What became of a request, for the audit trail: ``ok``, ``refused`` (a key, a policy
+    or a limit said no), ``client_error``, or ``error`` (the proxy or Ollama failed)."""
+    if error is None and 0 < status < 400:
+        return "ok"
+    if status in (401, 403, 429):
+        return "refused"
+    if 400 <= status < 500:
+        return "client_error"
+    return "error"
+
+
+def log_request(scope: Scope, context: RequestContext, first_byte: float = 0.0) -> None:
     exchange = context.exchange
     asked = exchange.asked_model if exchange is not None else None
     model = exchange.model if exchange is not None else None
@@ -168,8 +181,12 @@ def log_request(scope: Scope, context: RequestContext) -> None:
             "key": context.key,
             "backend": backend,
             "backend_reason": exchange.backend_reason if exchange is not None else None,
+            "prompt_tokens": exchange.prompt_tokens if exchange is not None else None,
+            "completion_tokens": exchange.completion_tokens if exchange is not None else None,
             "status": context.status or None,
+            "outcome": outcome(context.status, context.error),
             "error": error,
+            "ttft_ms": round((first_byte - context.started) * 1000, 2) if first_byte else None,
             "duration_ms": round(duration, 2),
             "bytes": context.bytes,
         },
@@ -186,19 +203,25 @@ _FIELDS = (
     "key",
     "backend",
     "backend_reason",
+    "prompt_tokens",
+    "completion_tokens",
     "status",
+    "outcome",
     "error",
+    "ttft_ms",
     "duration_ms",
     "bytes",
 )
 
 
 class JSONFormatter(logging.Formatter):
-    """One JSON object per line."""
+    """One JSON object per line, its ``time`` in ISO 8601 (UTC, milliseconds): the access
+    log's lines are the audit trail, and uvicorn's own lines take the same form."""
 
     def format(self, record: logging.LogRecord) -> str:
+        moment = datetime.fromtimestamp(record.created, UTC)
         data: dict[str, Any] = {
-            "time": self.formatTime(record),
+            "time": moment.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -216,6 +239,24 @@ class TextFormatter(logging.Formatter):
         line = super().format(record)
         request_id = getattr(record, "request_id", None)
         return f"{line} id={request_id}" if request_id else line
+
+
+def uvicorn_log_config(log_format: str) -> dict[str, Any] | None:
+    """uvicorn's logging in the access log's form (``json``), or uvicorn's own (``None``)."""
+    if log_format != "json":
+        return None
+    handler = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "ollama_smart_proxy.access_log.JSONFormatter"}},
+        "handlers": {"json": handler},
+        "loggers": {
+            "uvicorn": {"handlers": ["json"], "level": "INFO", "propagate": False},
+            "uvicorn.error": {"level": "INFO"},
+            "uvicorn.access": {"handlers": ["json"], "level": "INFO", "propagate": False},
+        },
+    }
 
 
 def configure_logging(log_format: str = "text", log_level: str = "info") -> None:
@@ -244,4 +285,6 @@ __all__ = [
     "configure_logging",
     "escape",
     "get_context",
+    "outcome",
+    "uvicorn_log_config",
 ]

@@ -259,6 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         workers=args.workers,
         log_level=settings.log_level,
         access_log=False,
+        **_uvicorn_logging(settings.log_format),
         lifespan="on",
         server_header=False,
         # The proxy ends its own streams at shutdown_grace; uvicorn waits a little longer.
@@ -319,6 +320,13 @@ def bind_problem(host: str, port: int, exc: OSError) -> str:
 
 
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0", "::", "[::1]", "[::]"}
+
+
+def _uvicorn_logging(log_format: str) -> dict[str, Any]:
+    from .access_log import uvicorn_log_config
+
+    config = uvicorn_log_config(log_format)
+    return {"log_config": config} if config is not None else {}
 
 
 def self_upstream(settings: Settings, url: str | None = None) -> str | None:

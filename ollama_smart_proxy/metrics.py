@@ -106,6 +106,12 @@ class Metrics:
             ["direction", "model"],
             registry=registry,
         )
+        self.key_tokens = Counter(
+            "osp_key_tokens_total",
+            "Tokens in (prompt) and out (generated) by key name (names only, never keys).",
+            ["key", "direction"],
+            registry=registry,
+        )
         self.in_flight = Gauge(
             "osp_in_flight",
             "Generations forwarded to Ollama now.",
@@ -234,6 +240,11 @@ class Metrics:
             if exchange.prompt_tokens or exchange.completion_tokens:
                 child(self.tokens, "in", label).inc(exchange.prompt_tokens)
                 child(self.tokens, "out", label).inc(exchange.completion_tokens)
+                if context.key:
+                    prompt = exchange.prompt_tokens + exchange.side_prompt_tokens
+                    output = exchange.completion_tokens + exchange.side_completion_tokens
+                    child(self.key_tokens, context.key, "in").inc(prompt)
+                    child(self.key_tokens, context.key, "out").inc(output)
             for agent in exchange.agents:
                 child(self.agents, agent).inc()
         if isinstance(context.error, UpstreamError):  # Ollama was at fault

@@ -171,3 +171,43 @@ async def test_three_replicas_never_admit_more_than_a_keys_limit(redis: RedisSer
             await client.aclose()
         for proxy in proxies:
             await proxy.aclose()
+
+
+def test_uvicorns_own_lines_are_json_too() -> None:
+    """With OSP_LOG_FORMAT=json every line on stderr, the server's own too, is one JSON object
+    with an ISO 8601 time: a log pipeline can take the whole stream as the audit trail."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from ollama_smart_proxy.testing import free_port
+
+    port = free_port()
+    env = {**os.environ, "OSP_LOG_FORMAT": "json", "OSP_PORT": str(port)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ollama_smart_proxy", "--demo"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                httpx.post(
+                    f"http://127.0.0.1:{port}/api/chat",
+                    json={"model": "llama3.2", "messages": MESSAGES, "stream": False},
+                    timeout=5,
+                )
+                break
+            except httpx.HTTPError:
+                time.sleep(0.05)
+    finally:
+        process.terminate()
+        _, err = process.communicate(timeout=20)
+    lines = [line for line in err.decode().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # every one of them parses
+    loggers = {record["logger"] for record in records}
+    assert "uvicorn.error" in loggers and "ollama_smart_proxy.access" in loggers
+    assert all(record["time"].endswith("Z") for record in records)

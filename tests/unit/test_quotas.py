@@ -218,3 +218,30 @@ def test_limits_in_a_keys_file_and_bad_ones(tmp_path: Path) -> None:
         SmartProxy(Settings(keys_file=path), transport=upstream(FakeOllama()))
     with pytest.raises(ValueError, match="not a limit"):
         Settings(key_limits={"requests_per_hour": 5})
+
+
+async def test_the_audit_line_and_the_metrics_by_key(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from ollama_smart_proxy.access_log import JSONFormatter
+
+    proxy = proxy_with(FakeOllama(), requests_per_minute=1)
+    with caplog.at_level(logging.INFO, logger="ollama_smart_proxy.access"):
+        async with client_of(proxy) as client, client_of(proxy, ADMIN) as admin:
+            ok = (await client.post("/api/chat", json=CHAT)).json()
+            assert (await client.post("/api/chat", json=CHAT)).status_code == 429
+            metrics = (await admin.get("/metrics")).text
+    lines = [
+        json.loads(JSONFormatter().format(r)) for r in caplog.records if r.name.endswith("access")
+    ]
+    served, refused = lines[0], lines[1]
+    assert served["key"] == "team" and served["model"] == "llama3.2"
+    assert served["prompt_tokens"] == ok["prompt_eval_count"]
+    assert served["completion_tokens"] == ok["eval_count"]
+    assert served["outcome"] == "ok" and served["ttft_ms"] > 0 and served["duration_ms"] > 0
+    assert served["time"].endswith("Z") and "T" in served["time"]  # ISO 8601, UTC
+    assert (refused["status"], refused["outcome"]) == (429, "refused")
+    assert (
+        f'osp_key_tokens_total{{direction="in",key="team"}} {float(ok["prompt_eval_count"])}'
+        in metrics
+    )

@@ -1,4 +1,4 @@
-"""What sharing the limits through Redis costs a request.
+"""What sharing the limits through Redis, and checking a key's quotas, cost a request.
 
     python -m benchmarks.replicas [--quick]
 
@@ -6,7 +6,9 @@ One proxy in this process over backends that answer at next to no cost (no socke
 them), a real ``redis-server`` on loopback: non-streaming chats one after another on uvloop (as the launcher serves), with
 ``max_concurrent`` (the admission's lease: one round trip when a request is admitted, one
 when it ends) and over a fleet of two (the backend's slots, the same two round trips),
-each with and without ``redis_url``. Interleaved rounds; the medians of the latency each
+each with and without ``redis_url``; and with an API key, without limits, with limits (in
+this process), and with limits in Redis (one round trip to admit, one to settle and count the
+usage, after the answer). Interleaved rounds; the medians of the latency each
 request took (p50) and of the CPU the proxy's process spent per request (the Redis
 client's included, the server's not).
 """
@@ -27,6 +29,8 @@ from ollama_smart_proxy import Settings, SmartProxy
 from ollama_smart_proxy.testing import HostsASGITransport, RedisServer, StreamingASGITransport
 
 from .fleet import _canned
+
+KEY = "sk-bench-0123456789"
 
 
 async def _measure(client: httpx.AsyncClient, requests: int) -> tuple[float, float]:
@@ -66,6 +70,17 @@ async def run(requests: int, rounds: int) -> dict[str, Any]:
                 Settings(backends=backends, poll_interval=60, log_level="warning", **url),
                 transport=HostsASGITransport(hosts),
             )
+            limits = {"requests_per_minute": 10**9, "tokens_per_minute": 10**12}
+            configs[f"key with limits, {tag}"] = SmartProxy(
+                Settings(
+                    api_keys=[{"key": KEY, "name": "team", **limits}], log_level="warning", **url
+                ),
+                transport=StreamingASGITransport(_canned),
+            )
+        configs["key without limits, local"] = SmartProxy(
+            Settings(api_keys=[{"key": KEY, "name": "team"}], log_level="warning"),
+            transport=StreamingASGITransport(_canned),
+        )
         results: dict[str, dict[str, list[float]]] = {
             name: {"p50_ms": [], "cpu_ms": []} for name in configs
         }
@@ -74,7 +89,11 @@ async def run(requests: int, rounds: int) -> dict[str, Any]:
             for name, proxy in configs.items():
                 await stack.enter_async_context(proxy)
                 clients[name] = await stack.enter_async_context(
-                    httpx.AsyncClient(transport=httpx.ASGITransport(app=proxy), base_url="http://p")
+                    httpx.AsyncClient(
+                        transport=httpx.ASGITransport(app=proxy),
+                        base_url="http://p",
+                        headers={"authorization": f"Bearer {KEY}"},
+                    )
                 )
             for round_ in range(rounds):
                 order = list(clients.items())
@@ -86,12 +105,17 @@ async def run(requests: int, rounds: int) -> dict[str, Any]:
         name: {key: round(statistics.median(values), 4) for key, values in figures.items()}
         for name, figures in results.items()
     }
-    for what in ("admission", "fleet of 2"):
+    for what in ("admission", "fleet of 2", "key with limits"):
         local, shared = medians[f"{what}, local"], medians[f"{what}, redis"]
         medians[f"{what}: Redis adds"] = {
             "p50_ms": round(shared["p50_ms"] - local["p50_ms"], 4),
             "cpu_ms": round(shared["cpu_ms"] - local["cpu_ms"], 4),
         }
+    local, keyed = medians["key with limits, local"], medians["key without limits, local"]
+    medians["limits checked here add"] = {
+        "p50_ms": round(local["p50_ms"] - keyed["p50_ms"], 4),
+        "cpu_ms": round(local["cpu_ms"] - keyed["cpu_ms"], 4),
+    }
     return medians
 
 

@@ -18,12 +18,13 @@ process's memory; with it, in Redis, exact across replicas and kept across resta
 
 from __future__ import annotations
 
+import asyncio
 import calendar
 import collections
 import math
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -267,6 +268,7 @@ redis.call('HINCRBY', KEYS[7], 'prompt_tokens', ARGV[6])
 redis.call('HINCRBY', KEYS[7], 'completion_tokens', ARGV[7])
 redis.call('HINCRBY', KEYS[7], 'errors', ARGV[8])
 redis.call('HINCRBY', KEYS[7], 'generation_ms', ARGV[9])
+redis.call('EXPIRE', KEYS[7], 5184000)
 return 1
 """
 
@@ -450,6 +452,13 @@ class Accounts:
         self.redis = RedisCounters(shared) if shared is not None else None
         self.usage = Usage()
         self.refused: collections.Counter[str] = collections.Counter()
+        self._pending: set[asyncio.Future[None]] = set()
+
+    def later(self, settling: Coroutine[Any, Any, None]) -> None:
+        """Run ``settling`` in the background (kept until it ends)."""
+        task = asyncio.ensure_future(settling)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
     def limits_of(self, key: ApiKey) -> Limits | None:
         limits: Limits | None = key.limits
@@ -587,7 +596,7 @@ class Quotas:
                 prompt = exchange.prompt_tokens + exchange.side_prompt_tokens
                 completion = exchange.completion_tokens + exchange.side_completion_tokens
                 model = exchange.asked_model or exchange.model or "-"
-            await accounts.settle(
+            settling = accounts.settle(
                 key.name,
                 estimate,
                 prompt,
@@ -599,6 +608,10 @@ class Quotas:
                 ms=int((time.perf_counter() - started) * 1000),
                 counted=limits is not None,
             )
+            if accounts.redis is None:
+                await settling
+            else:  # a round trip the client need not wait for: its answer has gone
+                accounts.later(settling)
 
 
 async def _redis_usage(

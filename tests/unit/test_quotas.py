@@ -245,3 +245,36 @@ async def test_the_audit_line_and_the_metrics_by_key(caplog: pytest.LogCaptureFi
         f'osp_key_tokens_total{{direction="in",key="team"}} {float(ok["prompt_eval_count"])}'
         in metrics
     )
+
+
+async def test_an_agents_own_requests_are_charged_to_the_clients_key() -> None:
+    from ollama_smart_proxy.agents.base import Agent
+
+    class Consult(Agent):
+        """Asks the model something of its own before the client's request goes on."""
+
+        name = "consult"
+        activation = "always"
+
+        async def on_request(self, request: Any, call: Any) -> None:
+            body = {"model": "llama3.2", "prompt": "one two three four five", "stream": False}
+            status, answer = await self.call_ollama("POST", "/api/generate", body)
+            assert status == 200
+            self.side = answer
+
+    fake = FakeOllama()
+    proxy = SmartProxy(
+        Settings(
+            api_keys=[{"key": TEAM, "name": "team"}], admin_keys=[{"key": ADMIN, "name": "ops"}]
+        ),
+        agents=[Consult],
+        transport=upstream(fake),
+    )
+    async with client_of(proxy) as client, client_of(proxy, ADMIN) as admin:
+        own = (await client.post("/api/chat", json=CHAT)).json()
+        (row,) = (await admin.get("/usage")).json()["usage"]
+    side = next(r.json for r in fake.requests if r.path == "/api/generate")
+    assert side["prompt"] == "one two three four five"
+    assert row["requests"] == 1
+    assert row["prompt_tokens"] > own["prompt_eval_count"]  # the side request's are in it
+    assert row["completion_tokens"] == own["eval_count"] + 5  # the echo of five words

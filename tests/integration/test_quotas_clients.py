@@ -211,3 +211,21 @@ def test_uvicorns_own_lines_are_json_too() -> None:
     loggers = {record["logger"] for record in records}
     assert "uvicorn.error" in loggers and "ollama_smart_proxy.access" in loggers
     assert all(record["time"].endswith("Z") for record in records)
+
+
+def test_anthropic_sdks_retry_honours_retry_after(fake: FakeOllama) -> None:
+    with serve(fake, concurrent=1) as url:
+        fake.script(FakeReply(content="slow", first_delay=0.6))
+        blocker = anthropic.Anthropic(base_url=url, api_key=TEAM, max_retries=0)
+        first = threading.Thread(
+            target=blocker.messages.create,
+            kwargs={"model": "llama3.2", "max_tokens": 20, "messages": MESSAGES},
+        )
+        first.start()
+        time.sleep(0.2)
+        retrying = anthropic.Anthropic(base_url=url, api_key=TEAM, max_retries=2)
+        started = time.monotonic()
+        answer = retrying.messages.create(model="llama3.2", max_tokens=20, messages=MESSAGES)
+        assert answer.content[0].text == "why is the sky blue"  # type: ignore[union-attr]
+        assert time.monotonic() - started >= 0.9
+        first.join()

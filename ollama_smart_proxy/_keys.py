@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,36 @@ from .types import Scope
 
 #: Where the authenticated key of a request is kept (as Starlette keeps ``scope["auth"]``).
 KEY_SCOPE_KEY = "ollama_smart_proxy.key"
+
+
+#: The limits a key may have, by field name.
+LIMIT_FIELDS = (
+    "requests_per_minute",
+    "tokens_per_minute",
+    "input_tokens_per_minute",
+    "output_tokens_per_minute",
+    "concurrent",
+    "tokens_per_day",
+    "tokens_per_month",
+)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """One key's limits (``None``: no limit of that kind)."""
+
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    input_tokens_per_minute: int | None = None
+    output_tokens_per_minute: int | None = None
+    concurrent: int | None = None
+    tokens_per_day: int | None = None
+    tokens_per_month: int | None = None
+
+    @classmethod
+    def of(cls, values: Mapping[str, Any]) -> Limits | None:
+        given = {name: values.get(name) for name in LIMIT_FIELDS if values.get(name) is not None}
+        return cls(**given) if given else None
 
 
 class KeySpec(BaseModel):
@@ -61,8 +92,8 @@ class ApiKey:
     name: str
     models: tuple[str, ...] | None
     admin: bool
-    #: Its own limits, if it has any (``quotas.Limits``).
-    limits: Any = None
+    #: Its own limits, if it has any.
+    limits: Limits | None = None
 
     def may_use(self, *names: str) -> bool:
         """Whether the key may use a model known by any of ``names`` (an alias, its model)."""
@@ -89,8 +120,6 @@ def make_key(spec: str | KeySpec | dict[str, Any], *, admin: bool = False) -> Ap
         digest = bytes.fromhex((spec.sha256 or "").removeprefix("sha256:"))
     name = spec.name or f"key-{digest.hex()[:8]}"
     models = tuple(spec.models) if spec.models is not None else None
-    from .quotas import Limits
-
     return ApiKey(digest, name, models, admin or spec.admin, Limits.of(spec.model_dump()))
 
 
@@ -138,4 +167,13 @@ def request_key(scope: Scope) -> ApiKey | None:
     return key if isinstance(key, ApiKey) else None
 
 
-__all__ = ["KEY_SCOPE_KEY", "ApiKey", "KeySpec", "load_keys_file", "make_key", "request_key"]
+__all__ = [
+    "KEY_SCOPE_KEY",
+    "LIMIT_FIELDS",
+    "ApiKey",
+    "KeySpec",
+    "Limits",
+    "load_keys_file",
+    "make_key",
+    "request_key",
+]

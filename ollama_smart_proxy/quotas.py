@@ -24,13 +24,13 @@ import collections
 import math
 import secrets
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
-from ._keys import ApiKey, request_key
+from ._keys import LIMIT_FIELDS, ApiKey, Limits, request_key
 from .access_log import get_context
 from .errors import ProxyError, RateLimited
 from .health import send_json
@@ -41,38 +41,10 @@ from .types import ASGIApp, Message, Receive, Scope, Send
 if TYPE_CHECKING:
     from .shared import RedisState
 
-#: The limits a key may have, by field name.
-LIMIT_FIELDS = (
-    "requests_per_minute",
-    "tokens_per_minute",
-    "input_tokens_per_minute",
-    "output_tokens_per_minute",
-    "concurrent",
-    "tokens_per_day",
-    "tokens_per_month",
-)
 #: Bytes of a request body taken for one token, to reserve tokens before Ollama counts them.
 BYTES_PER_TOKEN = 4
 #: Seconds a place counted in ``concurrent`` outlives a replica that died (with Redis).
 CONCURRENT_TTL = 600
-
-
-@dataclass(frozen=True)
-class Limits:
-    """One key's limits (``None``: no limit of that kind)."""
-
-    requests_per_minute: int | None = None
-    tokens_per_minute: int | None = None
-    input_tokens_per_minute: int | None = None
-    output_tokens_per_minute: int | None = None
-    concurrent: int | None = None
-    tokens_per_day: int | None = None
-    tokens_per_month: int | None = None
-
-    @classmethod
-    def of(cls, values: Mapping[str, Any]) -> Limits | None:
-        given = {name: values.get(name) for name in LIMIT_FIELDS if values.get(name) is not None}
-        return cls(**given) if given else None
 
 
 @dataclass

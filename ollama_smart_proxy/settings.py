@@ -318,7 +318,7 @@ class Settings(BaseSettings):
     @field_validator("key_limits")
     @classmethod
     def _check_key_limits(cls, value: dict[str, int]) -> dict[str, int]:
-        from .quotas import LIMIT_FIELDS
+        from ._keys import LIMIT_FIELDS
 
         for name, number in value.items():
             if name not in LIMIT_FIELDS:

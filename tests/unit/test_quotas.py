@@ -278,3 +278,24 @@ async def test_an_agents_own_requests_are_charged_to_the_clients_key() -> None:
     assert row["requests"] == 1
     assert row["prompt_tokens"] > own["prompt_eval_count"]  # the side request's are in it
     assert row["completion_tokens"] == own["eval_count"] + 5  # the echo of five words
+
+
+@pytest.mark.parametrize(
+    ("limit", "value", "later"),
+    [
+        ("output_tokens_per_minute", 1, 120),
+        ("input_tokens_per_minute", 5, 120),
+        ("tokens_per_month", 10, 40 * 86400),
+    ],
+)
+async def test_the_other_limits_refuse_then_reset(limit: str, value: int, later: int) -> None:
+    clock = Clock()
+    proxy = proxy_with(FakeOllama(), clock, **{limit: value})
+    async with client_of(proxy) as client:
+        for _ in range(3):  # ~4 prompt and 1 completion tokens each
+            response = await client.post("/api/chat", json=CHAT)
+            if response.status_code == 429:
+                break
+        assert response.status_code == 429 and limit in response.json()["error"]
+        clock.now += later
+        assert (await client.post("/api/chat", json=CHAT)).status_code == 200

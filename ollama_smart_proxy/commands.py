@@ -57,6 +57,9 @@ class CommandSpec:
     split: Splitter
     session: bool = False
     replay_key: ReplayKey | None = None
+    #: Whether a session command took effect, from the proxy's answer to it (the assistant
+    #: message after a command-only message): one that did not is not replayed.
+    took_effect: Callable[[str], bool] | None = None
 
 
 @dataclass
@@ -140,11 +143,17 @@ def parse_commands(
     found = ParsedCommands()
     cleared_at = -1  # kept[:cleared_at] was before the last /clear: only system messages stay
     skip_ack = False
+    acked: SlashCall | None = None  # the session command the next assistant message answers
     for index, message in enumerate(messages):
         if skip_ack and message.role == "assistant":
             skip_ack = False
+            check = commands[acked.name].took_effect if acked is not None else None
+            if acked is not None and check is not None and not check(message.content):
+                replays = [r for r in replays if r is not acked]  # it failed: not replayed
+            acked = None
             continue
         skip_ack = False
+        acked = None
         if message.role != "user":
             kept.append(message)
             continue
@@ -160,9 +169,11 @@ def parse_commands(
             replays = []
         elif commands[call.name].session:
             replays.append(replace(call, replay=True))
+            acked = replays[-1]
         if call.prompt or index == last_user:
             message.content = call.prompt
             kept.append(message)
+            acked = None
         else:
             skip_ack = True
     if found.current is not None and found.current.name == "clear":

@@ -153,8 +153,14 @@ class Agent:
     def command_words(cls) -> dict[str, CommandSpec]:
         if not cls.name:
             return {}
-        spec = CommandSpec(cls.name, cls.split, cls.session, cls.replay_key)
+        spec = CommandSpec(cls.name, cls.split, cls.session, cls.replay_key, cls.took_effect)
         return dict.fromkeys((cls.name, *cls.aliases), spec)
+
+    @classmethod
+    def took_effect(cls, answer: str) -> bool:
+        """Whether this session command took effect, judged from the proxy's answer to it
+        (a command that failed is not replayed on later turns). By default, it did."""
+        return True
 
     @property
     def prompt(self) -> str:

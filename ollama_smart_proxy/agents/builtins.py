@@ -172,15 +172,19 @@ class LoadCommand(Agent):
     def replay_key(cls, call: SlashCall) -> Hashable | None:
         return "model"  # the last /load wins
 
+    @classmethod
+    def took_effect(cls, answer: str) -> bool:
+        return answer.startswith("Loaded '")  # not "Could not load", not "Usage:"
+
     async def on_request(self, request: NativeRequest, call: SlashCall | None) -> Reply | None:
         if call is None:
             return None
         if not call.args:
             return None if call.replay else Reply(f"Usage: {self.usage}")
         model = call.args[0]
-        request.model = model
         if call.replay:
-            return None  # loaded when the command was typed: the model is just used
+            request.model = model  # loaded when the command was typed: the model is used
+            return None
         # Load it for real, the way any request would reach it: through the model loader
         # below (alias, auto-pull, keep_alive policy), with an empty generate request.
         try:
@@ -189,9 +193,10 @@ class LoadCommand(Agent):
             return Reply(_not_loaded(model, exc.message))
         if status == 400 and "does not support generate" in str(answer):
             status, answer = await self.call_ollama("POST", "/api/embed", {"model": model})
-        if status != 200:
+        if status != 200:  # the answer names the model the request had, not this one
             error = answer.get("error") if isinstance(answer, dict) else answer
             return Reply(_not_loaded(model, str(error or f"HTTP {status}")))
+        request.model = model
         if call.prompt:
             return None
         return Reply(f"Loaded '{model}'")

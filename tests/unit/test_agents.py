@@ -208,6 +208,38 @@ async def test_load_switches_model(
     assert len(fake.calls("/api/generate")) == 1  # a replayed /load does not load again
 
 
+@both
+async def test_a_failed_load_in_the_history_breaks_no_later_turn(
+    client: httpx.AsyncClient, fake: FakeOllama, dialect: str, stream: bool
+) -> None:
+    status, failed = await ask(client, user("/load nope"), dialect=dialect, stream=stream)
+    assert failed.startswith("Could not load 'nope'")
+    _, loaded = await ask(client, user("/load qwen3"), dialect=dialect, stream=stream)
+    history = [
+        *user("/load qwen3"),
+        {"role": "assistant", "content": loaded},
+        *user("/load nope"),
+        {"role": "assistant", "content": failed},
+        *user("hi"),
+    ]
+    status, _ = await ask(client, history, dialect=dialect, stream=stream)
+    assert status == 200
+    # the last /load that worked holds; the one that failed is not replayed
+    assert fake.calls("/api/chat")[-1].json["model"] == "qwen3"
+    status, _ = await ask(client, history[2:], dialect=dialect, stream=stream)
+    assert status == 200 and fake.calls("/api/chat")[-1].json["model"] == "llama3.2"
+
+
+async def test_a_failed_load_names_the_model_the_request_had(
+    client: httpx.AsyncClient, fake: FakeOllama
+) -> None:
+    response = await client.post(
+        "/api/chat", json={"model": "llama3.2", "messages": user("/load nope"), "stream": False}
+    )
+    assert response.json()["model"] == "llama3.2"
+    assert response.json()["message"]["content"].startswith("Could not load 'nope'")
+
+
 async def test_show_and_clear(client: httpx.AsyncClient, fake: FakeOllama) -> None:
     status, text = await ask(client, user("/show"))
     assert "Model: llama3.2" in text

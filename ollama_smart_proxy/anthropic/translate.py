@@ -239,8 +239,8 @@ def messages_request(body: dict[str, Any]) -> tuple[ChatRequest, MessagesOptions
     if model is not None and not isinstance(model, str):
         raise FieldError("'model' must be a string", "model")
     max_tokens = integer(body, "max_tokens")
-    if max_tokens is None:
-        raise FieldError("'max_tokens' is required", "max_tokens")
+    if max_tokens is None or max_tokens <= 0:  # 0 or less would be unbounded at Ollama
+        raise FieldError("'max_tokens' is required and must be positive", "max_tokens")
     stream = body.get("stream") or False
     expect(stream, bool, "stream", "a boolean")
     messages = body.get("messages")

@@ -235,11 +235,18 @@ def _messages(messages: Any) -> list[dict[str, Any]]:
 
 def _tools(body: dict[str, Any]) -> list[dict[str, Any]] | None:
     tools = body.get("tools")
+    choice = body.get("tool_choice")
+    if choice is not None and not (
+        isinstance(choice, dict) or choice in ("none", "auto", "required")
+    ):
+        raise OpenAIRequestError(
+            '\'tool_choice\' must be none, auto, required or {"type": "function", ...}',
+            "tool_choice",
+        )
     if tools is None:
         return None
     if not isinstance(tools, list):
         raise OpenAIRequestError("'tools' must be an array", "tools")
-    choice = body.get("tool_choice")
     if choice in (None, "auto", "required"):
         return tools or None
     if choice == "none":

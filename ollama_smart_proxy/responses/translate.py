@@ -275,6 +275,8 @@ def responses_request(
     if top_p is not None:
         ollama_options["top_p"] = options.top_p = top_p
     limit = integer(body, "max_output_tokens")
+    if limit is not None and limit <= 0:  # 0 or less would be unbounded at Ollama
+        raise FieldError("'max_output_tokens' must be positive", "max_output_tokens")
     if limit is None:
         limit = default_max_output_tokens
     if limit is not None:

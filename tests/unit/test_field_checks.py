@@ -1,0 +1,57 @@
+"""Fields whose wrong values Ollama would not refuse, refused by the proxy with their name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from ollama_smart_proxy import Settings, SmartProxy
+from ollama_smart_proxy.testing import FakeOllama
+from tests.conftest import upstream
+
+pytestmark = pytest.mark.anyio
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+async def post(path: str, body: dict[str, Any]) -> tuple[httpx.Response, FakeOllama]:
+    fake = FakeOllama()
+    proxy = SmartProxy(Settings(), transport=upstream(fake))
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=proxy), base_url="http://p"
+    ) as c:
+        return await c.post(path, json=body), fake
+
+
+@pytest.mark.parametrize("value", [0, -1])
+async def test_anthropic_max_tokens_must_be_positive(value: int) -> None:
+    response, fake = await post(
+        "/v1/messages", {"model": "llama3.2", "max_tokens": value, "messages": MESSAGES}
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["message"] == "'max_tokens' is required and must be positive"
+    assert fake.calls("/api/chat") == []  # never forwarded as an unbounded generation
+
+
+@pytest.mark.parametrize("value", [0, -5])
+async def test_responses_max_output_tokens_must_be_positive(value: int) -> None:
+    response, fake = await post(
+        "/v1/responses", {"model": "llama3.2", "input": "hi", "max_output_tokens": value}
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "max_output_tokens"
+    assert fake.calls("/api/chat") == []
+
+
+@pytest.mark.parametrize("choice", [5, "bogus", ["auto"], True])
+async def test_tool_choice_of_the_wrong_type_is_a_400_naming_it(choice: Any) -> None:
+    response, fake = await post(
+        "/v1/chat/completions", {"model": "llama3.2", "messages": MESSAGES, "tool_choice": choice}
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "tool_choice"
+    assert fake.calls("/api/chat") == []

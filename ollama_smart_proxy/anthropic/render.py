@@ -34,10 +34,11 @@ def usage(chunk: Chunk) -> dict[str, int]:
 
 
 def stop_reason(done_reason: Any, tools: bool) -> str:
-    """Ollama's ``done_reason`` as Anthropic's ``stop_reason``."""
-    if done_reason == "length":
-        return "max_tokens"
-    return "tool_use" if tools else "end_turn"
+    """Ollama's ``done_reason`` as Anthropic's ``stop_reason``: ``tool_use`` whenever the
+    answer called a tool, even one cut by the token limit (as Ollama's own /v1/messages)."""
+    if tools:
+        return "tool_use"
+    return "max_tokens" if done_reason == "length" else "end_turn"
 
 
 def tool_use_block(call: dict[str, Any]) -> dict[str, Any]:

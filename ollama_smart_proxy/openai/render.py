@@ -68,8 +68,10 @@ def tool_calls(calls: list[Any]) -> list[dict[str, Any]]:
 
 
 def finish_reason(done_reason: Any, saw_tool_calls: bool) -> str:
+    """``tool_calls`` whenever the answer called a tool, even one cut by the token limit
+    (as Ollama's own /v1 says: the client is to run the call it received)."""
     reason = done_reason or "stop"
-    return "tool_calls" if reason == "stop" and saw_tool_calls else str(reason)
+    return "tool_calls" if saw_tool_calls and reason in ("stop", "length") else str(reason)
 
 
 def sse(data: Any) -> bytes:

@@ -55,3 +55,26 @@ async def test_tool_choice_of_the_wrong_type_is_a_400_naming_it(choice: Any) -> 
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "tool_choice"
     assert fake.calls("/api/chat") == []
+
+
+async def test_a_tool_call_cut_by_the_limit_still_says_tool_calls() -> None:
+    from ollama_smart_proxy.anthropic.render import stop_reason
+    from ollama_smart_proxy.openai.render import finish_reason
+
+    assert finish_reason("length", True) == "tool_calls"
+    assert finish_reason("length", False) == "length"
+    assert stop_reason("length", True) == "tool_use"
+    assert stop_reason("length", False) == "max_tokens"
+    from ollama_smart_proxy.testing import FakeReply
+
+    fake = FakeOllama()
+    fake.script(FakeReply(tool_calls=[{"function": {"name": "get_weather"}}], done_reason="length"))
+    proxy = SmartProxy(Settings(), transport=upstream(fake))
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=proxy), base_url="http://p"
+    ) as c:
+        tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
+        body = {"model": "llama3.2", "messages": MESSAGES, "tools": tools, "max_tokens": 3}
+        choice = (await c.post("/v1/chat/completions", json=body)).json()["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"]["tool_calls"][0]["function"]["name"] == "get_weather"

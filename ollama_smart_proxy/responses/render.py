@@ -2,7 +2,8 @@
 
 The stream opens output items as the answer goes: a ``reasoning`` item for thinking, a
 ``message`` item for text, one ``function_call`` item per tool call (Ollama sends them
-whole), and ends with ``response.completed`` (status ``incomplete`` after a length stop).
+whole), and ends with ``response.completed``, or ``response.incomplete`` after a length stop
+(as OpenAI's API does).
 Deltas are written from byte templates made once per item: no dict is built per chunk.
 """
 
@@ -97,6 +98,7 @@ class ResponsesEncoder(Encoder):
             "object": "response",
             "created_at": self.created,
             "status": status,
+            "completed_at": int(time.time()) if status == "completed" else None,
             "background": False,
             "error": None,
             "incomplete_details": incomplete,
@@ -296,9 +298,14 @@ class ResponsesEncoder(Encoder):
         if chunk.get("done"):
             events += self._close_item()
             self._final = chunk
-            events.append(
-                self._event("response.completed", {"response": self._response("completed", chunk)})
+            response = self._response("completed", chunk)
+            # As OpenAI ends a stream cut by max_output_tokens: response.incomplete.
+            kind = (
+                "response.incomplete"
+                if response["status"] == "incomplete"
+                else "response.completed"
             )
+            events.append(self._event(kind, {"response": response}))
         return b"".join(events)
 
     def end(self) -> bytes:

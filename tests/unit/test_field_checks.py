@@ -78,3 +78,22 @@ async def test_a_tool_call_cut_by_the_limit_still_says_tool_calls() -> None:
         choice = (await c.post("/v1/chat/completions", json=body)).json()["choices"][0]
     assert choice["finish_reason"] == "tool_calls"
     assert choice["message"]["tool_calls"][0]["function"]["name"] == "get_weather"
+
+
+async def test_a_responses_stream_cut_by_its_limit_ends_with_response_incomplete() -> None:
+    import openai
+
+    proxy = SmartProxy(Settings(), transport=upstream(FakeOllama()))
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=proxy), base_url="http://p/v1")
+    async with openai.AsyncOpenAI(base_url="http://p/v1", api_key="x", http_client=http) as sdk:
+        stream = await sdk.responses.create(
+            model="llama3.2", input="one two three four five", max_output_tokens=2, stream=True
+        )
+        events = [event async for event in stream]
+        assert events[-1].type == "response.incomplete"
+        final = events[-1].response  # type: ignore[union-attr]
+        assert final.status == "incomplete"
+        assert final.incomplete_details is not None
+        assert final.incomplete_details.reason == "max_output_tokens"
+        whole = await sdk.responses.create(model="llama3.2", input="one two")
+        assert whole.status == "completed" and whole.completed_at is not None

@@ -4,6 +4,7 @@ alias, key and limit applies; and ``AnthropicCompat``, that entry alone."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Unpack
 
 from .._json import dumps
@@ -22,6 +23,9 @@ def anthropic_dialect() -> Dialect:
         body = limits.parse_object(raw)
         limits.check_messages(body.get("messages"))
         request, options = messages_request(body)
+        # message_start carries the prompt's tokens before Ollama has counted them (its own
+        # /v1/messages sends an estimate, as Anthropic does the count).
+        options = replace(options, input_estimate=estimate_tokens(request))
         exchange = Exchange("chat", request, dialect="anthropic")
         return Translation(exchange, MessagesEncoder(options), "/api/chat")
 

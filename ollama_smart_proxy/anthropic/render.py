@@ -57,6 +57,7 @@ class MessagesEncoder(Encoder):
     def __init__(self, options: MessagesOptions) -> None:
         self.model = options.model
         self.streaming = options.stream
+        self.input_estimate = options.input_estimate
         self.id = "msg_" + secrets.token_hex(12)
         self._started = False
         self._index = -1
@@ -83,7 +84,11 @@ class MessagesEncoder(Encoder):
             "content": [],
             "stop_reason": None,
             "stop_sequence": None,
-            "usage": {**usage(chunk), "output_tokens": 0},
+            "usage": {
+                **usage(chunk),
+                "input_tokens": int(chunk.get("prompt_eval_count") or self.input_estimate),
+                "output_tokens": 0,
+            },
         }
         return self._event("message_start", {"message": message}) + self._event("ping", {})
 

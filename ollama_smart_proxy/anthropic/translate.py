@@ -40,6 +40,8 @@ class MessagesOptions:
     model: str
     stream: bool
     stop_sequences: tuple[str, ...] = ()
+    #: The prompt's tokens, estimated: what ``message_start`` says before Ollama counts.
+    input_estimate: int = 0
 
 
 def _text_blocks(value: Any, where: str, *, drop_billing: bool = False) -> str:

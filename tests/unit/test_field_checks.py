@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -97,3 +98,25 @@ async def test_a_responses_stream_cut_by_its_limit_ends_with_response_incomplete
         assert final.incomplete_details.reason == "max_output_tokens"
         whole = await sdk.responses.create(model="llama3.2", input="one two")
         assert whole.status == "completed" and whole.completed_at is not None
+
+
+async def test_anthropic_message_start_carries_an_input_token_estimate() -> None:
+    from ollama_smart_proxy.anthropic.render import MessagesEncoder
+    from ollama_smart_proxy.anthropic.translate import MessagesOptions
+
+    encoder = MessagesEncoder(MessagesOptions("llama3.2", True, input_estimate=123))
+    frame = encoder.encode({"model": "llama3.2", "message": {"content": "hi"}, "done": False})
+    start = json.loads(frame.split(b"data: ", 1)[1].split(b"\n", 1)[0])
+    assert start["type"] == "message_start"
+    assert start["message"]["usage"]["input_tokens"] == 123  # before Ollama has counted
+    response, _ = await post(
+        "/v1/messages",
+        {
+            "model": "llama3.2",
+            "max_tokens": 5,
+            "stream": True,
+            "messages": [{"role": "user", "content": "a fairly long question " * 20}],
+        },
+    )
+    first = response.text.split("data: ", 1)[1].split("\n", 1)[0]
+    assert json.loads(first)["message"]["usage"]["input_tokens"] > 50

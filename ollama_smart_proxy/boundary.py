@@ -191,7 +191,9 @@ class ErrorBoundary:
             if ended:
                 return
             if not started:
-                status, headers, body = render_error(dialect, error)
+                status, headers, body = render_error(
+                    dialect, error, request_id if context is not None else None
+                )
                 await send({"type": "http.response.start", "status": status, "headers": headers})
                 await send({"type": "http.response.body", "body": body})
             elif framed:

@@ -244,8 +244,10 @@ def anthropic_error_type(status_code: int) -> str:
     return _ANTHROPIC_TYPES.get(status_code, "api_error")
 
 
-def error_object(dialect: Dialect, exc: ProxyError) -> dict[str, Any]:
-    """The JSON error body of ``exc`` in ``dialect``."""
+def error_object(
+    dialect: Dialect, exc: ProxyError, request_id: str | None = None
+) -> dict[str, Any]:
+    """The JSON error body of ``exc`` in ``dialect`` (Anthropic's names the request id)."""
     if dialect in ("openai", "responses"):
         return {
             "error": {
@@ -256,16 +258,21 @@ def error_object(dialect: Dialect, exc: ProxyError) -> dict[str, Any]:
             }
         }
     if dialect == "anthropic":
-        return {
+        body: dict[str, Any] = {
             "type": "error",
             "error": {"type": anthropic_error_type(exc.status_code), "message": exc.message},
         }
+        if request_id:
+            body["request_id"] = request_id
+        return body
     return {"error": exc.message}
 
 
-def render_error(dialect: Dialect, exc: ProxyError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+def render_error(
+    dialect: Dialect, exc: ProxyError, request_id: str | None = None
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """A whole error response: status, headers, body."""
-    body = dumps(error_object(dialect, exc))
+    body = dumps(error_object(dialect, exc, request_id))
     # As Ollama writes them: gin's JSON for native errors, a plain type for its /v1 ones.
     content_type = (
         b"application/json; charset=utf-8" if dialect == "ollama" else b"application/json"

@@ -120,3 +120,10 @@ async def test_anthropic_message_start_carries_an_input_token_estimate() -> None
     )
     first = response.text.split("data: ", 1)[1].split("\n", 1)[0]
     assert json.loads(first)["message"]["usage"]["input_tokens"] > 50
+
+
+async def test_anthropic_errors_name_the_request_id() -> None:
+    response, _ = await post("/v1/messages", {"model": "llama3.2", "messages": MESSAGES})
+    assert response.status_code == 400
+    body = response.json()
+    assert body["type"] == "error" and body["request_id"] == response.headers["x-request-id"]

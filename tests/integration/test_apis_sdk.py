@@ -198,7 +198,11 @@ def test_errors_in_anthropics_shape_as_sdk_exceptions(
     assert no_limit.status_code == 400
     assert no_limit.json() == {
         "type": "error",
-        "error": {"type": "invalid_request_error", "message": "'max_tokens' is required"},
+        "error": {
+            "type": "invalid_request_error",
+            "message": "'max_tokens' is required and must be positive",
+        },
+        "request_id": no_limit.headers["x-request-id"],
     }
     with pytest.raises(anthropic.NotFoundError) as missing:
         claude.messages.create(

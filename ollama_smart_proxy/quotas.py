@@ -47,6 +47,22 @@ BYTES_PER_TOKEN = 4
 CONCURRENT_TTL = 600
 
 
+@dataclass(frozen=True)
+class Settlement:
+    """What one request used, when it ends: its estimate replaced by Ollama's counts."""
+
+    name: str
+    estimate: int
+    prompt: int
+    completion: int
+    #: When it was admitted (its windows), its lease (``concurrent``).
+    admitted: float
+    lease: str
+    model: str = "-"
+    failed: bool = False
+    ms: int = 0
+
+
 @dataclass
 class Verdict:
     """What the counters said of one request."""
@@ -151,10 +167,10 @@ class LocalCounters:
             self.running[name] += 1
         return verdict
 
-    async def settle(
-        self, name: str, estimate: int, prompt: int, completion: int, admitted: float, lease: str
-    ) -> None:
+    async def settle(self, used: Settlement) -> None:
         """Replace the estimate by what Ollama counted."""
+        name, estimate, admitted = used.name, used.estimate, used.admitted
+        prompt, completion = used.prompt, used.completion
         for tag, delta in (
             ("t", prompt + completion - estimate),
             ("i", prompt - estimate),
@@ -163,8 +179,6 @@ class LocalCounters:
             bucket = self.buckets.get((name, tag))
             if bucket is not None:
                 self.buckets[(name, tag)] = (bucket[0] - delta, bucket[1])
-            elif tag == "o" and delta:  # created on first use, full
-                pass
         self.totals[f"{name}:d:{_day(admitted)}"] += prompt + completion
         self.totals[f"{name}:m:{_month(admitted)}"] += prompt + completion
         self.running[name] -= 1
@@ -288,19 +302,9 @@ class RedisCounters:
                 verdict.retry_after = 1.0
         return verdict
 
-    async def settle(
-        self,
-        name: str,
-        estimate: int,
-        prompt: int,
-        completion: int,
-        admitted: float,
-        lease: str,
-        *,
-        model: str = "-",
-        error: bool = False,
-        ms: int = 0,
-    ) -> None:
+    async def settle(self, used: Settlement) -> None:
+        name, admitted, model = used.name, used.admitted, used.model
+        prompt, completion, estimate = used.prompt, used.completion, used.estimate
         key = self.shared.key
         day = _day(admitted)
         keys = [key(f"q:{name}:{tag}") for tag in ("t", "i", "o")]
@@ -311,8 +315,8 @@ class RedisCounters:
             key(f"usage:{day}:{quote(name, safe='')}:{quote(model, safe='')}"),
         ]
         total = prompt + completion
-        args: list[str | float] = [total - estimate, prompt - estimate, completion, total, lease]
-        args += [prompt, completion, 1 if error else 0, ms]
+        args: list[str | float] = [total - estimate, prompt - estimate, completion, total]
+        args += [used.lease, prompt, completion, 1 if used.failed else 0, used.ms]
         await self.shared._call(self._settle(keys=keys, args=args))
 
 
@@ -340,17 +344,16 @@ class Usage:
 
     rows: dict[tuple[str, str, str], UsageRow] = field(default_factory=dict)
 
-    def add(
-        self, name: str, model: str, day: str, prompt: int, completion: int, error: bool, ms: int
-    ) -> None:
-        row = self.rows.get((name, model, day))
+    def add(self, used: Settlement) -> None:
+        where = (used.name, used.model, _day(used.admitted))
+        row = self.rows.get(where)
         if row is None:
-            row = self.rows[(name, model, day)] = UsageRow()
+            row = self.rows[where] = UsageRow()
         row.requests += 1
-        row.prompt_tokens += prompt
-        row.completion_tokens += completion
-        row.errors += int(error)
-        row.generation_ms += ms
+        row.prompt_tokens += used.prompt
+        row.completion_tokens += used.completion
+        row.errors += int(used.failed)
+        row.generation_ms += used.ms
 
     def report(self, since: str, until: str, key: str | None) -> list[dict[str, Any]]:
         return [
@@ -456,42 +459,19 @@ class Accounts:
                     return Verdict(True)
         return await self.local.admit(name, limits, estimate, now, lease)
 
-    async def settle(
-        self,
-        name: str,
-        estimate: int,
-        prompt: int,
-        completion: int,
-        admitted: float,
-        lease: str,
-        *,
-        model: str,
-        failed: bool,
-        ms: int,
-        counted: bool,
-    ) -> None:
+    async def settle(self, used: Settlement, *, counted: bool) -> None:
         """Count what a request used (and, ``counted``, give its place back)."""
         from .shared import SharedUnavailable
 
-        self.usage.add(name, model, _day(admitted), prompt, completion, failed, ms)
+        self.usage.add(used)
         if self.redis is not None:
             try:
-                await self.redis.settle(
-                    name,
-                    estimate,
-                    prompt,
-                    completion,
-                    admitted,
-                    lease,
-                    model=model,
-                    error=failed,
-                    ms=ms,
-                )
+                await self.redis.settle(used)
                 return
             except SharedUnavailable:
                 pass
         if counted:
-            await self.local.settle(name, estimate, prompt, completion, admitted, lease)
+            await self.local.settle(used)
 
     async def report(self, since: str, until: str, key: str | None) -> list[dict[str, Any]]:
         """The usage rows, from Redis (every replica's) when it is in use."""
@@ -568,7 +548,7 @@ class Quotas:
                 prompt = exchange.prompt_tokens + exchange.side_prompt_tokens
                 completion = exchange.completion_tokens + exchange.side_completion_tokens
                 model = exchange.asked_model or exchange.model or "-"
-            settling = accounts.settle(
+            used = Settlement(
                 key.name,
                 estimate,
                 prompt,
@@ -578,8 +558,8 @@ class Quotas:
                 model=model,
                 failed=failed,
                 ms=int((time.perf_counter() - started) * 1000),
-                counted=limits is not None,
             )
+            settling = accounts.settle(used, counted=limits is not None)
             if accounts.redis is None:
                 await settling
             else:  # a round trip the client need not wait for: its answer has gone
@@ -649,6 +629,7 @@ __all__ = [
     "LocalCounters",
     "Quotas",
     "RedisCounters",
+    "Settlement",
     "Usage",
     "UsageEndpoint",
     "Verdict",

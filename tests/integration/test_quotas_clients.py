@@ -42,31 +42,28 @@ def fake() -> FakeOllama:
     return FakeOllama()
 
 
+def hold_the_place(fake: FakeOllama, create: Any, **body: Any) -> threading.Thread:
+    """A slow request in a thread of its own, under way: it holds the key's one place."""
+    fake.script(FakeReply(content="slow", first_delay=0.6))
+    thread = threading.Thread(target=create, kwargs={"model": "llama3.2", **body})
+    thread.start()
+    time.sleep(0.2)
+    return thread
+
+
 def test_openai_sdk_sees_the_limit_and_its_retry_honours_it(fake: FakeOllama) -> None:
     with serve(fake, concurrent=1) as url:
         plain = openai.OpenAI(base_url=f"{url}/v1", api_key=TEAM, max_retries=0)
         raw = plain.chat.completions.with_raw_response.create(model="llama3.2", messages=MESSAGES)
         assert raw.http_response.status_code == 200
-        fake.script(FakeReply(content="slow", first_delay=0.6))
-        first = threading.Thread(
-            target=plain.chat.completions.create,
-            kwargs={"model": "llama3.2", "messages": MESSAGES},
-        )
-        first.start()
-        time.sleep(0.2)
+        first = hold_the_place(fake, plain.chat.completions.create, messages=MESSAGES)
         with pytest.raises(openai.RateLimitError) as info:
             plain.chat.completions.create(model="llama3.2", messages=MESSAGES)
         assert info.value.response.headers["retry-after"] == "1"
         assert info.value.code == "rate_limit_exceeded"
         first.join()
         # The SDK's own retry waits the Retry-After it was given, and then gets through.
-        fake.script(FakeReply(content="slow", first_delay=0.6))
-        first = threading.Thread(
-            target=plain.chat.completions.create,
-            kwargs={"model": "llama3.2", "messages": MESSAGES},
-        )
-        first.start()
-        time.sleep(0.2)
+        first = hold_the_place(fake, plain.chat.completions.create, messages=MESSAGES)
         retrying = openai.OpenAI(base_url=f"{url}/v1", api_key=TEAM, max_retries=2)
         started = time.monotonic()
         answer = retrying.chat.completions.create(model="llama3.2", messages=MESSAGES)
@@ -215,14 +212,8 @@ def test_uvicorns_own_lines_are_json_too() -> None:
 
 def test_anthropic_sdks_retry_honours_retry_after(fake: FakeOllama) -> None:
     with serve(fake, concurrent=1) as url:
-        fake.script(FakeReply(content="slow", first_delay=0.6))
         blocker = anthropic.Anthropic(base_url=url, api_key=TEAM, max_retries=0)
-        first = threading.Thread(
-            target=blocker.messages.create,
-            kwargs={"model": "llama3.2", "max_tokens": 20, "messages": MESSAGES},
-        )
-        first.start()
-        time.sleep(0.2)
+        first = hold_the_place(fake, blocker.messages.create, max_tokens=20, messages=MESSAGES)
         retrying = anthropic.Anthropic(base_url=url, api_key=TEAM, max_retries=2)
         started = time.monotonic()
         answer = retrying.messages.create(model="llama3.2", max_tokens=20, messages=MESSAGES)

@@ -45,7 +45,8 @@ _BASE_SCOPE: Scope = {
 }
 
 
-async def _never_disconnects() -> Message:
+async def never_disconnects() -> Message:
+    """A ``receive`` for a request of the proxy's own: nobody is there to leave."""
     await anyio.sleep_forever()
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -102,7 +103,7 @@ async def side_request(
             raise RequestError(f"a side request to {path} is invalid: {message}") from None
         inner["headers"] = json_request_headers(base["headers"])
         exchange = Exchange(kind, request)
-        await run_exchange(app, inner, _never_disconnects, collect, exchange, NativeEncoder())
+        await run_exchange(app, inner, never_disconnects, collect, exchange, NativeEncoder())
         parent = base.get(SCOPE_KEY)
         if isinstance(parent, Exchange):  # made for a client's request: charged to it
             parent.side_prompt_tokens += exchange.prompt_tokens
@@ -110,8 +111,8 @@ async def side_request(
     else:
         raw = dumps(body) if body is not None else b""
         inner["headers"] = json_request_headers(base["headers"], len(raw))
-        await app(inner, replay_receive(raw, _never_disconnects), collect)
+        await app(inner, replay_receive(raw, never_disconnects), collect)
     return status, b"".join(chunks)
 
 
-__all__ = ["MAX_SIDE_ANSWER", "Sink", "side_request"]
+__all__ = ["MAX_SIDE_ANSWER", "Sink", "never_disconnects", "side_request"]

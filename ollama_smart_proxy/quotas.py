@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
+from ._http import header
 from ._keys import LIMIT_FIELDS, ApiKey, Limits, request_key
 from .access_log import get_context
 from .errors import ProxyError, RateLimited
@@ -508,7 +509,8 @@ class Quotas:
             return
         accounts = self.accounts
         limits = accounts.limits_of(key)
-        estimate = _content_length(scope) // BYTES_PER_TOKEN if limits is not None else 0
+        length = header(scope, b"content-length") if limits is not None else None
+        estimate = int(length) // BYTES_PER_TOKEN if length and length.isdigit() else 0
         now = accounts.clock()
         lease = secrets.token_hex(8)
         verdict = None
@@ -583,13 +585,6 @@ async def _redis_usage(
         row = {k.decode(): int(float(v)) for k, v in values.items()}
         rows.append({"key": key_name, "model": model, "day": day, **row})
     return sorted(rows, key=lambda row: (row["key"], row["model"], row["day"]))
-
-
-def _content_length(scope: Scope) -> int:
-    for name, value in scope["headers"]:
-        if name == b"content-length" and value.isdigit():
-            return int(value)
-    return 0
 
 
 class UsageEndpoint:

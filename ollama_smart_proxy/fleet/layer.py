@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .._http import DEFAULT_MAX_BODY, header, read_body, replay_receive
 from .._json import loads
+from .._side import never_disconnects
 from ..errors import (
     ClientDisconnected,
     ModelNotFound,
@@ -791,7 +792,7 @@ class Fleet:
             sink.append(message)
 
         try:
-            await backend.app(scope, replay_receive(raw, _never), collect)
+            await backend.app(scope, replay_receive(raw, never_disconnects), collect)
         except ProxyError as exc:
             logger.warning("pull on %s failed: %s", backend.name, exc.message)
         await self.inventory.poll(backend)
@@ -811,7 +812,7 @@ class Fleet:
                 into.append(message)
 
             try:
-                await backend.app(scope, replay_receive(raw, _never), collect)
+                await backend.app(scope, replay_receive(raw, never_disconnects), collect)
             except ProxyError as exc:
                 answers.append((backend, _Retry(None, b"", exc)))
                 continue
@@ -877,11 +878,6 @@ def _error_text(body: bytes) -> str:
 async def _disconnected(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
-
-
-async def _never() -> Message:
-    await asyncio.Event().wait()
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 __all__ = ["BACKEND_HEADER", "RULES", "Fleet", "Rule"]
